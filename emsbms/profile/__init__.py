@@ -1,0 +1,6 @@
+"""Device profile engine: the profile model, loading, validation and compilation."""
+
+from emsbms.profile.loader import Profile, list_shipped, load_profile, profile_json_schema
+from emsbms.profile.models import ProfileModel
+
+__all__ = ["Profile", "ProfileModel", "list_shipped", "load_profile", "profile_json_schema"]

@@ -1,0 +1,135 @@
+"""Load a profile by shipped name or path, validate it as a whole, and resolve its source."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cantools
+from pydantic import ValidationError
+
+from emsbms.errors import ProfileError
+from emsbms.profile.inline import build_database
+from emsbms.profile.models import ProfileModel
+from emsbms.resources import data_dir
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A validated profile with its message database resolved."""
+
+    model: ProfileModel
+    path: Path | None = None
+    db: Any = None  # cantools Database for dbc, j1939 and inline profiles
+    source_path: Path | None = None  # the DBC or EDS file, when there is one
+    source_text: str = field(default="", repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    @property
+    def version(self) -> str:
+        return self.model.version
+
+    @property
+    def protocol(self) -> str:
+        return self.model.protocol
+
+    def message(self, name: str) -> Any:
+        """The cantools Message called `name`."""
+        return self.db.get_message_by_name(name)
+
+
+def list_shipped() -> list[str]:
+    """Names of the profiles that ship with emsbms."""
+    return sorted(p.stem for p in data_dir("profiles").glob("*.json"))
+
+
+def _resolve_path(name_or_path: str | Path) -> Path:
+    text = str(name_or_path)
+    candidate = Path(text)
+    if candidate.suffix == ".json" or "/" in text or candidate.exists():
+        if not candidate.is_file():
+            raise ProfileError(f"profile file {text!r} not found")
+        return candidate
+    shipped = data_dir("profiles") / f"{text}.json"
+    if not shipped.is_file():
+        raise ProfileError(
+            f"unknown profile {text!r}: expected a shipped profile name or a path to a .json file;"
+            f" shipped: {', '.join(list_shipped())}"
+        )
+    return shipped
+
+
+def _locate(kind: str, ref: str, profile_path: Path | None) -> Path:
+    ref_path = Path(ref)
+    candidates = [ref_path] if ref_path.is_absolute() else []
+    if profile_path is not None and not ref_path.is_absolute():
+        candidates.append(profile_path.parent / ref_path)
+        candidates.append(profile_path.parent.parent / kind / ref_path)
+    candidates.append(data_dir(kind) / ref_path.name)
+    for c in candidates:
+        if c.is_file():
+            return c
+    raise ProfileError(f"source.{kind} {ref!r} not found; looked in {', '.join(map(str, candidates))}")
+
+
+def _format_pydantic(name: str, err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(root)"
+        found = e.get("input")
+        found_text = "" if isinstance(found, dict | list) else f"; found {found!r}"
+        parts.append(f"{loc}: {e['msg']}{found_text}")
+    return f"profile {name}: " + "; ".join(parts)
+
+
+def parse_profile(data: dict[str, Any], path: Path | None = None) -> Profile:
+    """Validate a profile document and resolve its source; raises ProfileError on any fault."""
+    label = str(data.get("name", path or "?")) if isinstance(data, dict) else str(path)
+    try:
+        model = ProfileModel.model_validate(data)
+    except ValidationError as e:
+        raise ProfileError(_format_pydantic(label, e)) from e
+    db = None
+    source_path = None
+    text = ""
+    try:
+        if model.source.dbc is not None:
+            source_path = _locate("dbc", model.source.dbc, path)
+            text = source_path.read_text(encoding="utf-8")
+            db = cantools.database.load_string(text, database_format="dbc", strict=True)
+        elif model.source.messages is not None:
+            db = build_database(list(model.source.messages))
+        elif model.source.eds is not None:
+            source_path = _locate("eds", model.source.eds, path)
+            text = source_path.read_text(encoding="utf-8")
+    except ProfileError as e:
+        raise ProfileError(f"profile {model.name}: {e}") from e
+    except Exception as e:  # cantools raises many types for a bad DBC or layout
+        raise ProfileError(f"profile {model.name}: source: {e}") from e
+    profile = Profile(model=model, path=path, db=db, source_path=source_path, source_text=text)
+    from emsbms.protocols import adapter_class  # late import: protocols import the profile
+
+    adapter_class(model.protocol).check_profile(profile)
+    return profile
+
+
+def load_profile(name_or_path: str | Path) -> Profile:
+    """Load a shipped profile by name, or a profile file by path."""
+    path = _resolve_path(name_or_path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ProfileError(f"profile {path}: not valid JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise ProfileError(f"profile {path}: expected a JSON object, found {type(data).__name__}")
+    return parse_profile(data, path)
+
+
+def profile_json_schema() -> dict[str, Any]:
+    """The JSON Schema of the profile format, generated from the models."""
+    return ProfileModel.model_json_schema(by_alias=True)

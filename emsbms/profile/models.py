@@ -1,0 +1,184 @@
+"""The profile file format: pydantic models, from which docs/profile.schema.json is generated."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+
+def _int_or_hex(value: object) -> object:
+    """Accept 0x-prefixed strings for CAN IDs and indexes (JSON has no hex literals)."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        try:
+            return int(text, 16) if text.startswith("0x") else int(text)
+        except ValueError:
+            return value
+    return value
+
+
+HexInt = Annotated[int, BeforeValidator(_int_or_hex)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InlineSignal(_Strict):
+    """A signal of an inline byte-map message: where its bits are and how to scale them."""
+
+    name: str
+    start_byte: int = Field(ge=0, le=63, description="byte holding the least (little) or most (big) significant bit")
+    start_bit: int | None = Field(None, ge=0, le=7, description="bit in that byte, 0 = LSB; default 0 (little) or 7 (big)")
+    length: int = Field(ge=1, le=64, description="length in bits")
+    signed: bool = False
+    byte_order: Literal["little", "big"] = "little"
+    scale: float = 1.0
+    offset: float = 0.0
+    unit: str = ""
+    minimum: float | None = None
+    maximum: float | None = None
+
+
+class InlineMessage(_Strict):
+    """A message described inline by its CAN ID, length and byte map (no DBC)."""
+
+    name: str
+    id: HexInt = Field(ge=0, le=0x1FFFFFFF)
+    extended: bool = False
+    dlc: int = Field(8, ge=0, le=64)
+    signals: list[InlineSignal]
+
+
+class Source(_Strict):
+    """Where the messages come from: a DBC file, an EDS file, or inline messages."""
+
+    dbc: str | None = Field(None, description="DBC file name in dbc/ or a path relative to the profile")
+    eds: str | None = Field(None, description="EDS file name in eds/ (CANopen)")
+    messages: list[InlineMessage] | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Source:
+        given = [k for k in ("dbc", "eds", "messages") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of dbc, eds, messages; found {given or 'none'}")
+        return self
+
+
+class MessageSettings(_Strict):
+    """Supervision and length settings of one message, keyed by message name."""
+
+    period_ms: float | None = Field(None, gt=0, description="expected period; stale after 2.5x")
+    timeout_ms: float | None = Field(None, gt=0, description="no frame for this long: device lost")
+    min_dlc: int | None = Field(None, ge=0, le=64, description="shortest DLC accepted (default: full length)")
+
+
+class ChannelMap(_Strict):
+    """A normalized channel and the signal (or object) it is read from."""
+
+    message: str | None = None
+    signal: str | None = None
+    od: str | None = Field(None, description="CANopen object: '0x6060', '0x2010sub1' or a name")
+    unit: str = ""
+    type: Literal["number", "bool", "int"] = "number"
+    scale: float = Field(1.0, description="correction: value = signal * scale + offset")
+    offset: float = 0.0
+    abs: bool = Field(False, description="take the magnitude (e.g. a DCL sent as a negative number)")
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _one_target(self) -> ChannelMap:
+        if (self.message is None) != (self.signal is None):
+            raise ValueError("message and signal go together")
+        if (self.signal is None) == (self.od is None):
+            raise ValueError("give either message+signal or od")
+        return self
+
+
+class AlarmSource(_Strict):
+    """A signal that, when non-zero, raises its alarm to `level`."""
+
+    message: str
+    signal: str
+    level: int = Field(2, ge=1, le=2)
+    value: int | None = Field(None, description="the raw value that means active (default: any non-zero)")
+
+
+class AlarmMap(_Strict):
+    """An `Alarm/<name>` channel: its level is the highest level among active sources."""
+
+    sources: list[AlarmSource] = Field(min_length=1)
+    description: str = ""
+
+
+class AckSpec(_Strict):
+    """How a command is acknowledged."""
+
+    type: Literal["echo", "none", "sdo", "j1939_ack"] = "echo"
+    message: str | None = None
+    signal: str | None = None
+    tolerance: float | None = Field(None, ge=0, description="echo match tolerance (default: half a scale step)")
+
+    @model_validator(mode="after")
+    def _echo_target(self) -> AckSpec:
+        if self.type == "echo" and (self.message is None or self.signal is None):
+            raise ValueError("an echo acknowledgement names its message and signal")
+        return self
+
+
+class CommandMap(_Strict):
+    """A command channel: where the value is written, its limits and its acknowledgement."""
+
+    message: str | None = None
+    signal: str | None = None
+    od: str | None = None
+    unit: str = ""
+    type: Literal["number", "bool"] = "number"
+    min: float
+    max: float
+    idle: float | None = Field(None, description="value sent in this signal while the command is not active")
+    ttl_s: float | None = Field(None, gt=0, description="repeat cyclically until this many seconds pass")
+    period_ms: float | None = Field(None, gt=0, description="repeat period while active (with ttl_s)")
+    ack: AckSpec = AckSpec(type="none")
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CommandMap:
+        if self.min > self.max:
+            raise ValueError(f"min {self.min} is above max {self.max}")
+        if (self.ttl_s is None) != (self.period_ms is None):
+            raise ValueError("ttl_s and period_ms go together (a cyclic command needs both)")
+        if (self.signal is None) == (self.od is None):
+            raise ValueError("give either message+signal or od")
+        return self
+
+
+class TransmitSpec(_Strict):
+    """A frame the edge sends periodically, e.g. a keepalive."""
+
+    message: str
+    period_ms: float = Field(gt=0)
+    signals: dict[str, float] = Field(default_factory=dict)
+
+
+class ProfileModel(_Strict):
+    """A device profile (JSON)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, title="emsbms device profile")
+
+    schema_: str | None = Field(None, alias="$schema")
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")
+    version: str = Field(pattern=r"^\d+(\.\d+){0,2}$")
+    protocol: Literal["dbc", "canopen", "j1939"]
+    description: str = ""
+    vendor: str = ""
+    source: Source
+    messages: dict[str, MessageSettings] = Field(default_factory=dict)
+    timeout_ms: float = Field(5000, gt=0, description="device lost after this long without any frame")
+    channels: dict[str, ChannelMap] = Field(default_factory=dict)
+    alarms: dict[str, AlarmMap] = Field(default_factory=dict)
+    transmit: list[TransmitSpec] = Field(default_factory=list)
+    commands: dict[str, CommandMap] = Field(default_factory=dict)
+    allow_shared_ids: bool = Field(False, description="devices with this profile may share IDs on one bus")
+    options: dict[str, object] = Field(default_factory=dict, description="protocol-specific settings")

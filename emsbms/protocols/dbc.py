@@ -1,0 +1,374 @@
+"""The DBC adapter: devices described by a DBC file or an inline JSON byte map."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import can
+
+from emsbms.codec import CompiledMessage, compile_message
+from emsbms.errors import CommandRejected, ProfileError
+from emsbms.protocols.base import (
+    EMPTY,
+    Adapter,
+    CommandPlan,
+    DeviceConfig,
+    Output,
+    frame_key,
+)
+from emsbms.supervision import Supervisor
+from emsbms.types import (
+    AlarmLevel,
+    ChannelInfo,
+    ChannelKind,
+    CommandResult,
+    CommandStatus,
+    CommState,
+    Sample,
+)
+
+if TYPE_CHECKING:
+    from emsbms.profile.loader import Profile
+
+
+def _known(names: Iterable[str]) -> str:
+    return ", ".join(sorted(names))
+
+
+def check_signal_refs(profile: Profile) -> None:
+    """Check that every message and signal a profile names exists in its database."""
+    m = profile.model
+    db = profile.db
+    label = f"profile {m.name}"
+    src = m.source.dbc or "inline messages"
+    if db is None:
+        raise ProfileError(f"{label}: source: protocol {m.protocol!r} needs a dbc or messages")
+    messages = {msg.name: msg for msg in db.messages}
+
+    def need(path: str, message: str | None, signal: str | None = None) -> None:
+        if message is None:
+            raise ProfileError(f"{label}: {path}: protocol {m.protocol} maps signals, not od")
+        msg = messages.get(message)
+        if msg is None:
+            raise ProfileError(
+                f"{label}: {path}.message {message!r} not in {src}; known: {_known(messages)}"
+            )
+        if signal is not None and signal not in {s.name for s in msg.signals}:
+            raise ProfileError(
+                f"{label}: {path}.signal {signal!r} not in message {message} of {src};"
+                f" known: {_known(s.name for s in msg.signals)}"
+            )
+        if msg.is_multiplexed():
+            raise ProfileError(f"{label}: {path}: multiplexed message {message} is not supported")
+
+    for name in m.messages:
+        need(f"messages.{name}", name)
+    for name, ch in m.channels.items():
+        need(f"channels.{name}", ch.message, ch.signal)
+    for name, al in m.alarms.items():
+        for i, s in enumerate(al.sources):
+            need(f"alarms.{name}.sources.{i}", s.message, s.signal)
+    for i, t in enumerate(m.transmit):
+        need(f"transmit.{i}", t.message)
+        for sig in t.signals:
+            need(f"transmit.{i}.signals", t.message, sig)
+    for name, cmd in m.commands.items():
+        need(f"commands.{name}", cmd.message, cmd.signal)
+        if cmd.ack.type == "echo":
+            need(f"commands.{name}.ack", cmd.ack.message, cmd.ack.signal)
+        elif cmd.ack.type != "none":
+            raise ProfileError(
+                f"{label}: commands.{name}.ack.type {cmd.ack.type!r} is not for protocol"
+                f" {m.protocol}; expected echo or none"
+            )
+
+
+@dataclass(slots=True)
+class _Route:
+    """One received message of the device: its decoder and where each value goes."""
+
+    compiled: CompiledMessage
+    key: int
+    min_dlc: int
+    # (signal index, address, scale, offset, abs, type)
+    outputs: tuple[tuple[int, str, float, float, bool, str], ...]
+    # (signal index, alarm name, source slot, level, active raw value or None)
+    alarm_inputs: tuple[tuple[int, str, int, int, int | None], ...]
+
+
+@dataclass(slots=True)
+class _Active:
+    value: float
+    expires_us: int
+    period_us: int
+    next_us: int
+
+
+class DbcAdapter(Adapter):
+    """Decodes a DBC or inline-message device and encodes its commands."""
+
+    protocol = "dbc"
+
+    def __init__(self, device: DeviceConfig, profile: Profile) -> None:
+        super().__init__(device, profile)
+        m = profile.model
+        self.offset = device.id_offset
+        self.supervisor = Supervisor(device.name, int(m.timeout_ms * 1000))
+        sent_by_edge = {c.message for c in m.commands.values()} | {t.message for t in m.transmit}
+        self._alarm_slots: dict[str, list[int]] = {
+            name: [0] * len(al.sources) for name, al in m.alarms.items()
+        }
+        self._routes: dict[int, _Route] = {}
+        self._by_name: dict[str, _Route] = {}
+        for msg in profile.db.messages:
+            if msg.name in sent_by_edge:
+                continue
+            route = self._make_route(msg)
+            self._routes[route.key] = route
+            self._by_name[msg.name] = route
+            settings = m.messages.get(msg.name)
+            period = settings.period_ms if settings else None
+            self.supervisor.watch(
+                route.key,
+                int(period * 1000) if period else None,
+                [o[1] for o in route.outputs]
+                + [self.prefix + "Alarm/" + a[1] for a in route.alarm_inputs],
+            )
+        self._active: dict[str, _Active] = {}
+        self._transmit_next: list[int] = [0] * len(m.transmit)
+
+    def _make_route(self, msg: Any) -> _Route:
+        m = self.profile.model
+        compiled = compile_message(msg)
+        index = {n: i for i, n in enumerate(compiled.signal_names)}
+        outputs = tuple(
+            (index[ch.signal], self.prefix + name, ch.scale, ch.offset, ch.abs, ch.type)
+            for name, ch in m.channels.items()
+            if ch.message == msg.name and ch.signal is not None
+        )
+        alarm_inputs = tuple(
+            (index[s.signal], name, slot, s.level, s.value)
+            for name, al in m.alarms.items()
+            for slot, s in enumerate(al.sources)
+            if s.message == msg.name
+        )
+        settings = m.messages.get(msg.name)
+        min_dlc = settings.min_dlc if settings and settings.min_dlc is not None else msg.length
+        return _Route(
+            compiled=compiled,
+            key=frame_key(msg.frame_id + self.offset, msg.is_extended_frame),
+            min_dlc=min_dlc,
+            outputs=outputs,
+            alarm_inputs=alarm_inputs,
+        )
+
+    @classmethod
+    def check_profile(cls, profile: Profile) -> None:
+        check_signal_refs(profile)
+
+    # -- contract ---------------------------------------------------------------------------
+
+    def channels(self) -> list[ChannelInfo]:
+        m = self.profile.model
+        out = [
+            ChannelInfo(self.prefix + n, c.unit, ChannelKind.MEASUREMENT, c.description)
+            for n, c in m.channels.items()
+        ]
+        out += [
+            ChannelInfo(self.prefix + "Alarm/" + n, "", ChannelKind.ALARM, a.description)
+            for n, a in m.alarms.items()
+        ]
+        out += [
+            ChannelInfo(self.prefix + n, c.unit, ChannelKind.COMMAND, c.description, c.min, c.max)
+            for n, c in m.commands.items()
+        ]
+        return out + self.supervisor.channels()
+
+    def frame_keys(self) -> Iterable[int]:
+        return self._routes.keys()
+
+    @property
+    def comm_state(self) -> CommState:
+        return self.supervisor.state
+
+    def start(self, now_us: int) -> Output:
+        return Output(samples=self.supervisor.begin(now_us))
+
+    def on_frame(self, msg: can.Message, now_us: int) -> Output | None:
+        route = self._routes.get(frame_key(msg.arbitration_id, msg.is_extended_id))
+        if route is None:
+            return None
+        if msg.is_remote_frame:
+            return Output(error=f"{self.device.name}: remote frame for {route.compiled.name}")
+        data = msg.data
+        length = route.compiled.length
+        n = len(data)
+        if n != length:
+            if n < route.min_dlc or n > length:
+                expected = f"{route.min_dlc}..{length}" if route.min_dlc != length else str(length)
+                return Output(
+                    error=f"{self.device.name}: {route.compiled.name} (0x{msg.arbitration_id:X})"
+                    f" DLC {n}, expected {expected}"
+                )
+            data = bytes(data) + bytes(length - n)
+        values = route.compiled.decode(data)
+        ts = round(msg.timestamp * 1_000_000)
+        samples: list[Sample] = []
+        needed = route.compiled.bytes_needed
+        for idx, address, scale, offset, take_abs, kind in route.outputs:
+            if needed[idx] > n:
+                continue
+            v = values[idx] * scale + offset if (scale != 1.0 or offset != 0.0) else values[idx]
+            if take_abs:
+                v = abs(v)
+            if kind == "bool":
+                v = bool(v)
+            elif kind == "int":
+                v = int(v)
+            samples.append(Sample(address, v, ts))
+        if route.alarm_inputs:
+            samples.extend(self._alarms(route, values, n, ts))
+        transition = self.supervisor.seen(route.key, ts)
+        if transition:
+            samples.extend(transition)
+        return Output(samples=samples)
+
+    def _alarms(self, route: _Route, values: tuple[Any, ...], n: int, ts: int) -> list[Sample]:
+        touched: dict[str, None] = {}
+        needed = route.compiled.bytes_needed
+        for idx, name, slot, level, active_value in route.alarm_inputs:
+            if needed[idx] > n:
+                continue
+            v = values[idx]
+            active = (v != 0) if active_value is None else (v == active_value)
+            self._alarm_slots[name][slot] = level if active else 0
+            touched[name] = None
+        return [
+            Sample(self.prefix + "Alarm/" + name, AlarmLevel(max(self._alarm_slots[name])), ts)
+            for name in touched
+        ]
+
+    # -- transmission -----------------------------------------------------------------------
+
+    def _frame(self, message_name: str, values: dict[str, float]) -> can.Message:
+        msg = self.profile.message(message_name)
+        data = msg.encode(values, strict=True)
+        return can.Message(
+            arbitration_id=msg.frame_id + self.offset,
+            data=data,
+            is_extended_id=msg.is_extended_frame,
+        )
+
+    def _message_values(self, message_name: str, overrides: dict[str, float]) -> dict[str, float]:
+        """Signal values of an edge-sent message: active setpoints, else idle/initial values."""
+        msg = self.profile.message(message_name)
+        values: dict[str, float] = {}
+        for sig in msg.signals:
+            initial = sig.initial if sig.initial is not None else 0
+            if sig.minimum is not None and initial < sig.minimum:
+                initial = sig.minimum
+            values[sig.name] = initial
+        for name, cmd in self.profile.model.commands.items():
+            if cmd.message != message_name or cmd.signal is None:
+                continue
+            active = self._active.get(name)
+            if active is not None:
+                values[cmd.signal] = active.value
+            elif cmd.idle is not None:
+                values[cmd.signal] = cmd.idle
+        values.update(overrides)
+        return values
+
+    def tick(self, now_us: int) -> Output:
+        frames: list[can.Message] = []
+        m = self.profile.model
+        for i, spec in enumerate(m.transmit):
+            if now_us >= self._transmit_next[i]:
+                self._transmit_next[i] = now_us + int(spec.period_ms * 1000)
+                frames.append(self._frame(spec.message, self._message_values(spec.message, dict(spec.signals))))
+        stale: list[str] = []
+        due_messages: dict[str, None] = {}
+        for name, active in list(self._active.items()):
+            if now_us >= active.expires_us:
+                del self._active[name]
+                stale.append(self.prefix + name)
+            elif now_us >= active.next_us:
+                active.next_us = now_us + active.period_us
+                msg_name = m.commands[name].message
+                assert msg_name is not None
+                due_messages[msg_name] = None
+        for msg_name in due_messages:
+            frames.append(self._frame(msg_name, self._message_values(msg_name, {})))
+        samples, went_stale = self.supervisor.tick(now_us)
+        return Output(samples=samples, frames=frames, stale=stale + went_stale)
+
+    # -- commands ---------------------------------------------------------------------------
+
+    def plan_command(self, name: str, value: float, now_us: int) -> CommandPlan:
+        cmd = self.profile.model.commands.get(name)
+        if cmd is None:
+            raise CommandRejected(
+                f"{self.device.name} has no command {name!r}; known: {_known(self.command_names)}"
+            )
+        value = validate_command_value(self.device.name, name, cmd, value)
+        assert cmd.message is not None and cmd.signal is not None
+        try:
+            frame = self._frame(cmd.message, self._message_values(cmd.message, {cmd.signal: value}))
+        except Exception as e:  # cantools strict encoding: value outside the signal's range
+            raise CommandRejected(f"{self.device.name}/{name} = {value}: cannot encode: {e}") from e
+        ack = None
+        if cmd.ack.type == "echo":
+            ack = self._echo_check(cmd.ack.message or "", cmd.ack.signal or "", value, cmd.ack.tolerance)
+        return CommandPlan(command=name, value=value, frames=[frame], ack=ack)
+
+    def _echo_check(self, message: str, signal: str, value: float, tolerance: float | None) -> Any:
+        route = self._by_name[message]
+        idx = route.compiled.signal_names.index(signal)
+        sig = self.profile.message(message).get_signal_by_name(signal)
+        tol = tolerance if tolerance is not None else abs(sig.conversion.scale) / 2
+        key = route.key
+        length = route.compiled.length
+        need = route.compiled.bytes_needed[idx]
+        decode = route.compiled.decode
+
+        def check(msg: can.Message) -> tuple[CommandStatus, str] | None:
+            if frame_key(msg.arbitration_id, msg.is_extended_id) != key or len(msg.data) < need:
+                return None
+            got = decode(bytes(msg.data).ljust(length, b"\0"))[idx]
+            if abs(got - value) <= tol:
+                return CommandStatus.ACKED, f"echo {message}.{signal} = {got}"
+            return None
+
+        return check
+
+    def command_done(self, plan: CommandPlan, result: CommandResult, now_us: int) -> Output:
+        cmd = self.profile.model.commands[plan.command]
+        if result.status not in (CommandStatus.ACKED, CommandStatus.SENT):
+            return EMPTY
+        if cmd.ttl_s is not None and cmd.period_ms is not None:
+            period = int(cmd.period_ms * 1000)
+            self._active[plan.command] = _Active(
+                plan.value, now_us + int(cmd.ttl_s * 1_000_000), period, now_us + period
+            )
+        return Output(samples=[Sample(self.prefix + plan.command, plan.value, now_us)])
+
+
+def validate_command_value(device: str, name: str, cmd: Any, value: float) -> float:
+    """Check a command value against the profile's limits; raises CommandRejected."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise CommandRejected(f"{device}/{name}: expected a number, found {value!r}") from None
+    if not math.isfinite(number):
+        raise CommandRejected(f"{device}/{name}: expected a finite number, found {value!r}")
+    if cmd.type == "bool" and number not in (0.0, 1.0):
+        raise CommandRejected(f"{device}/{name}: expected 0 or 1, found {value!r}")
+    unit = f" {cmd.unit}" if cmd.unit else ""
+    if number < cmd.min:
+        raise CommandRejected(f"{device}/{name} = {value}{unit} is below the minimum {cmd.min}{unit}")
+    if number > cmd.max:
+        raise CommandRejected(f"{device}/{name} = {value}{unit} is above the maximum {cmd.max}{unit}")
+    return number
