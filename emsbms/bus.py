@@ -1,0 +1,167 @@
+"""The CAN receiver: a python-can bus read on its own thread into a bounded queue.
+
+The reader never blocks on consumers: when the queue is full the frame is dropped and counted.
+If the bus fails (the adapter disappears, recv raises), the reader marks it DOWN and reopens it
+with bounded exponential backoff.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from enum import StrEnum
+from typing import Any
+
+import can
+
+from emsbms.errors import BusError
+from emsbms.site import BusConfig
+
+log = logging.getLogger(__name__)
+
+BusFactory = Callable[[BusConfig], Any]
+
+
+class BusState(StrEnum):
+    """State of a CAN bus as the edge knows it."""
+
+    UNKNOWN = "UNKNOWN"  # the interface reports no controller state
+    ERROR_ACTIVE = "ERROR_ACTIVE"
+    ERROR_WARNING = "ERROR_WARNING"
+    ERROR_PASSIVE = "ERROR_PASSIVE"
+    BUS_OFF = "BUS_OFF"
+    DOWN = "DOWN"
+
+
+def open_python_can(config: BusConfig) -> Any:
+    """Open a python-can bus from a bus config (the default factory)."""
+    try:
+        return can.Bus(**config.can_kwargs())
+    except Exception as e:
+        raise BusError(f"bus {config.name}: cannot open {config.interface}:{config.channel}: {e}") from e
+
+
+class BusRunner:
+    """Owns one bus: its reader thread, its receive queue, sending and counters."""
+
+    def __init__(
+        self,
+        config: BusConfig,
+        factory: BusFactory = open_python_can,
+        queue_size: int = 50_000,
+        max_backoff: float = 5.0,
+    ) -> None:
+        self.config = config
+        self.name = config.name
+        self._factory = factory
+        self.queue: queue.Queue[can.Message] = queue.Queue(queue_size)
+        self._bus: Any = None
+        self._send_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.max_backoff = max_backoff
+        self.state = BusState.DOWN
+        self.rx = 0
+        self.tx = 0
+        self.tx_errors = 0
+        self.dropped = 0
+        self.reopens = 0
+        self.last_error = ""
+
+    def open(self) -> None:
+        """Open the bus now (raises BusError) and start the reader thread."""
+        self._bus = self._factory(self.config)
+        self.state = self._state_of(self._bus)
+        self._thread = threading.Thread(target=self._read_loop, name=f"emsbms-rx-{self.name}", daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def _state_of(bus: Any) -> BusState:
+        try:
+            state = bus.state
+        except Exception:
+            return BusState.UNKNOWN
+        mapping = {
+            can.BusState.ACTIVE: BusState.ERROR_ACTIVE,
+            can.BusState.PASSIVE: BusState.ERROR_PASSIVE,
+            can.BusState.ERROR: BusState.BUS_OFF,
+        }
+        # python-can's base class answers ACTIVE whatever the hardware: trust only overrides
+        if type(bus).state is can.BusABC.state:
+            return BusState.UNKNOWN
+        return mapping.get(state, BusState.UNKNOWN)
+
+    def _read_loop(self) -> None:
+        backoff = 0.05
+        put = self.queue.put_nowait
+        while not self._stop.is_set():
+            bus = self._bus
+            if bus is None:
+                if self._stop.wait(backoff):
+                    break
+                backoff = min(backoff * 2, self.max_backoff)
+                try:
+                    self._bus = self._factory(self.config)
+                    self.state = self._state_of(self._bus)
+                    self.reopens += 1
+                    log.info("bus %s reopened", self.name)
+                    backoff = 0.05
+                except Exception as e:
+                    self.last_error = str(e)
+                continue
+            try:
+                msg = bus.recv(0.1)
+            except Exception as e:
+                self._fail(e)
+                continue
+            if msg is None:
+                continue
+            if not msg.timestamp:
+                msg.timestamp = time.time()
+            self.rx += 1
+            try:
+                put(msg)
+            except queue.Full:
+                self.dropped += 1
+
+    def _fail(self, error: Exception) -> None:
+        log.warning("bus %s failed: %s", self.name, error)
+        self.last_error = f"{type(error).__name__}: {error}"
+        self.state = BusState.DOWN
+        bus, self._bus = self._bus, None
+        try:
+            if bus is not None:
+                bus.shutdown()
+        except Exception:
+            log.debug("shutdown of failed bus %s raised", self.name, exc_info=True)
+
+    def send(self, msg: can.Message, timeout: float = 0.05) -> None:
+        """Send a frame; raises BusError if the bus is down or refuses it."""
+        bus = self._bus
+        if bus is None:
+            self.tx_errors += 1
+            raise BusError(f"bus {self.name} is {self.state.value}: cannot send 0x{msg.arbitration_id:X}")
+        try:
+            with self._send_lock:
+                bus.send(msg, timeout)
+        except Exception as e:
+            self.tx_errors += 1
+            self.last_error = f"{type(e).__name__}: {e}"
+            raise BusError(f"bus {self.name}: send of 0x{msg.arbitration_id:X} failed: {e}") from e
+        self.tx += 1
+
+    def close(self) -> None:
+        """Stop the reader and shut the bus down."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(2.0)
+        bus, self._bus = self._bus, None
+        if bus is not None:
+            try:
+                bus.shutdown()
+            except Exception:
+                log.debug("shutdown of bus %s raised", self.name, exc_info=True)
+        self.state = BusState.DOWN

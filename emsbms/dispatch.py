@@ -1,0 +1,195 @@
+"""The protocol dispatcher: one thread per bus routes frames to adapters and ticks them."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+
+import can
+
+from emsbms.bus import BusRunner
+from emsbms.errors import BusError
+from emsbms.protocols.base import Adapter, Output, frame_key
+from emsbms.registry import Registry
+from emsbms.types import ChannelInfo, ChannelKind, CommandStatus, Sample
+
+log = logging.getLogger(__name__)
+
+TICK_S = 0.01
+HEALTH_S = 0.5
+BATCH = 256
+
+
+def now_us() -> int:
+    """Wall-clock time in µs (the clock frame timestamps use)."""
+    return time.time_ns() // 1000
+
+
+class AckWaiter:
+    """Watches the frames of a bus for the acknowledgement of one command."""
+
+    def __init__(self, check: Callable[[can.Message], tuple[CommandStatus, str] | None]) -> None:
+        self.check = check
+        self.done = threading.Event()
+        self.result: tuple[CommandStatus, str] | None = None
+
+    def offer(self, msg: can.Message) -> None:
+        if self.done.is_set():
+            return
+        try:
+            answer = self.check(msg)
+        except Exception as e:  # a broken matcher must not kill the dispatcher
+            answer = (CommandStatus.REJECTED, f"acknowledgement check failed: {e}")
+        if answer is not None:
+            self.result = answer
+            self.done.set()
+
+
+class Dispatcher:
+    """Routes one bus's frames to its device adapters and publishes bus health channels."""
+
+    HEALTH = ("State", "RxFrames", "TxFrames", "RxRate", "ErrorFrames", "Dropped",
+              "UnknownIds", "BadFrames", "LastError")
+
+    def __init__(self, runner: BusRunner, adapters: Sequence[Adapter], registry: Registry) -> None:
+        self.runner = runner
+        self.adapters = list(adapters)
+        self.registry = registry
+        self.lock = threading.RLock()  # guards the adapters: frames, ticks and commands
+        self.waiters: list[AckWaiter] = []
+        self._table: dict[int, list[Adapter]] = {}
+        for a in self.adapters:
+            for key in a.frame_keys():
+                self._table.setdefault(key, []).append(a)
+        self._unmatched = [a for a in self.adapters if a.wants_unmatched]
+        self.unknown_ids = 0
+        self.bad_frames = 0
+        self.error_frames = 0
+        self.last_bad = ""
+        self._rate: deque[tuple[float, int]] = deque(maxlen=8)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def channels(self) -> list[ChannelInfo]:
+        p = self.runner.name + "/"
+        units = {"RxRate": "frames/s"}
+        return [ChannelInfo(p + n, units.get(n, ""), ChannelKind.STATE) for n in self.HEALTH]
+
+    def start(self) -> None:
+        t = now_us()
+        with self.lock:
+            for a in self.adapters:
+                self._emit(a.start(t))
+        self._thread = threading.Thread(
+            target=self._loop, name=f"emsbms-dispatch-{self.runner.name}", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(2.0)
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        q = self.runner.queue
+        next_tick = 0.0
+        next_health = 0.0
+        while not self._stop.is_set():
+            batch: list[can.Message] = []
+            try:
+                batch.append(q.get(timeout=TICK_S))
+                while len(batch) < BATCH:
+                    batch.append(q.get_nowait())
+            except queue.Empty:
+                pass
+            try:
+                if batch:
+                    self.handle(batch)
+                mono = time.monotonic()
+                if mono >= next_tick:
+                    next_tick = mono + TICK_S
+                    self.tick(now_us())
+                if mono >= next_health:
+                    next_health = mono + HEALTH_S
+                    self.publish_health(now_us())
+            except Exception:  # the dispatcher must never die silently
+                log.exception("dispatcher of bus %s: unexpected error (continuing)", self.runner.name)
+
+    def handle(self, batch: Sequence[can.Message]) -> None:
+        """Dispatch frames to adapters and apply what they produce."""
+        samples: list[Sample] = []
+        stale: list[str] = []
+        frames: list[can.Message] = []
+        t = now_us()
+        table = self._table
+        with self.lock:
+            for msg in batch:
+                if msg.is_error_frame:
+                    self.error_frames += 1
+                    continue
+                if self.waiters:
+                    for w in list(self.waiters):
+                        w.offer(msg)
+                handlers = table.get(frame_key(msg.arbitration_id, msg.is_extended_id))
+                claimed = False
+                for a in handlers or self._unmatched:
+                    try:
+                        out = a.on_frame(msg, t)
+                    except Exception as e:  # adapters must not raise; count it if one does
+                        out = Output(error=f"{a.device.name}: adapter raised {e!r}")
+                        log.exception("adapter %s raised", a.device.name)
+                    if out is None:
+                        continue
+                    claimed = True
+                    if out.error is not None:
+                        self.bad_frames += 1
+                        self.last_bad = out.error
+                        continue
+                    samples.extend(out.samples)
+                    if out.stale:
+                        stale.extend(out.stale)
+                    if out.frames:
+                        frames.extend(out.frames)
+                if not claimed:
+                    self.unknown_ids += 1
+        self.registry.apply(samples, stale)
+        self._send(frames)
+
+    def tick(self, t: int) -> None:
+        with self.lock:
+            outs = [a.tick(t) for a in self.adapters]
+        for out in outs:
+            self._emit(out)
+
+    def _emit(self, out: Output) -> None:
+        if out.samples or out.stale:
+            self.registry.apply(out.samples, out.stale)
+        self._send(out.frames)
+
+    def _send(self, frames: Sequence[can.Message]) -> None:
+        for f in frames:
+            try:
+                self.runner.send(f)
+            except BusError as e:
+                log.debug("%s", e)
+
+    def publish_health(self, t: int) -> None:
+        r = self.runner
+        mono = time.monotonic()
+        self._rate.append((mono, r.rx))
+        t0, n0 = self._rate[0]
+        rate = (r.rx - n0) / (mono - t0) if mono > t0 else 0.0
+        p = r.name + "/"
+        values = {
+            "State": r.state, "RxFrames": r.rx, "TxFrames": r.tx, "RxRate": round(rate, 1),
+            "ErrorFrames": self.error_frames, "Dropped": r.dropped,
+            "UnknownIds": self.unknown_ids, "BadFrames": self.bad_frames,
+            "LastError": r.last_error or self.last_bad,
+        }
+        self.registry.apply([Sample(p + k, v, t) for k, v in values.items()])

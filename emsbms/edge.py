@@ -1,0 +1,178 @@
+"""The edge: builds buses, adapters and the registry from a site and runs them."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from emsbms.bus import BusFactory, BusRunner, open_python_can
+from emsbms.commands import CommandChannel
+from emsbms.dispatch import Dispatcher, now_us
+from emsbms.errors import ConfigError, ProfileError, UnknownAddressError
+from emsbms.profile.loader import Profile, load_profile
+from emsbms.protocols import adapter_class
+from emsbms.protocols.base import EXTENDED, Adapter
+from emsbms.registry import Callback, Registry, Snapshot, Subscription
+from emsbms.site import Site, load_site
+from emsbms.types import ChannelKind, CommandResult, Reading
+
+log = logging.getLogger(__name__)
+
+
+def load_profiles(site: Site) -> dict[str, Profile]:
+    """Load every device's profile; errors name the site file, the device and the key."""
+    source = str(site.path or "<site>")
+    profiles: dict[str, Profile] = {}
+    cache: dict[str, Profile] = {}
+    for i, d in enumerate(site.devices):
+        ref = d.profile
+        if ref not in cache:
+            path = Path(ref)
+            if site.path is not None and not path.is_absolute() and (site.path.parent / path).is_file():
+                ref = str(site.path.parent / path)
+            try:
+                cache[d.profile] = load_profile(ref)
+            except ProfileError as e:
+                raise ConfigError(f"{source}: [[device]] #{i + 1} {d.name!r}: key 'profile': {e}") from e
+        profiles[d.name] = cache[d.profile]
+    return profiles
+
+
+def build_adapters(site: Site, profiles: dict[str, Profile]) -> dict[str, Adapter]:
+    """One adapter per device; refuses devices whose frames collide on one bus."""
+    adapters: dict[str, Adapter] = {}
+    owners: dict[tuple[str, int], str] = {}
+    for d in site.devices:
+        profile = profiles[d.name]
+        adapter = adapter_class(profile.protocol)(d, profile)
+        for key in adapter.frame_keys():
+            other = owners.get((d.bus, key))
+            if other is not None and not (
+                profile.model.allow_shared_ids and profiles[other].model.allow_shared_ids
+            ):
+                can_id = key & ~EXTENDED
+                raise ConfigError(
+                    f"{site.path or '<site>'}: [[device]] {d.name!r}: frame 0x{can_id:X} on bus"
+                    f" {d.bus!r} is already used by device {other!r}; put it on another bus or"
+                    f" give it an id_offset"
+                )
+            owners[(d.bus, key)] = d.name
+        adapters[d.name] = adapter
+    return adapters
+
+
+class Edge:
+    """Every bus and device of a site, as one registry of channels.
+
+    Use as a context manager::
+
+        with Edge.from_site("site.toml") as edge:
+            print(edge.read("bms_0/Soc", timeout=2.0))
+            edge.write("bms_0/SetChargeCurrent", 50.0)
+    """
+
+    def __init__(self, site: Site, bus_factory: BusFactory = open_python_can) -> None:
+        self.site = site
+        self.profiles = load_profiles(site)
+        self.adapters = build_adapters(site, self.profiles)
+        self.registry = Registry()
+        self.runners: dict[str, BusRunner] = {b.name: BusRunner(b, bus_factory) for b in site.buses}
+        self.dispatchers: dict[str, Dispatcher] = {}
+        for b in site.buses:
+            mine = [a for a in self.adapters.values() if a.device.bus == b.name]
+            self.dispatchers[b.name] = Dispatcher(self.runners[b.name], mine, self.registry)
+        for d in self.dispatchers.values():
+            self.registry.declare(d.channels())
+        for a in self.adapters.values():
+            self.registry.declare(a.channels())
+        self.commands = {
+            name: CommandChannel(a, self.dispatchers[a.device.bus]) for name, a in self.adapters.items()
+        }
+        self.started_us = 0
+        self._running = False
+
+    @classmethod
+    def from_site(cls, path: str | Path, **kwargs: Any) -> Edge:
+        """Build an edge from a site TOML file."""
+        return cls(load_site(path), **kwargs)
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> Edge:
+        """Open every bus and start receiving. Raises BusError if a bus cannot be opened."""
+        if self._running:
+            return self
+        self.started_us = now_us()
+        opened: list[BusRunner] = []
+        try:
+            for r in self.runners.values():
+                r.open()
+                opened.append(r)
+        except Exception:
+            for r in opened:
+                r.close()
+            raise
+        for d in self.dispatchers.values():
+            d.start()
+        self._running = True
+        return self
+
+    def stop(self) -> None:
+        """Stop every thread and close every bus."""
+        if not self._running:
+            return
+        self._running = False
+        for d in self.dispatchers.values():
+            d.stop()
+        for r in self.runners.values():
+            r.close()
+
+    def __enter__(self) -> Edge:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- the public API ---------------------------------------------------------------------
+
+    def read(self, address: str, timeout: float = 2.0, after_us: int | None = None) -> Reading:
+        """The reading of `address` received since the edge started (or since `after_us`).
+
+        Waits up to `timeout` seconds for one; raises ReadTimeout if none arrives.
+        """
+        since = self.started_us if after_us is None else after_us
+        return self.registry.wait_for(address, since, timeout)
+
+    def write(self, address: str, value: float, timeout: float = 2.0) -> CommandResult:
+        """Validate, encode, send and confirm a command, e.g. ``write("bms_0/SetChargeCurrent", 50)``.
+
+        Returns a CommandResult whose status is acked, sent, rejected or timeout. An unknown
+        address raises UnknownAddressError.
+        """
+        info = self.registry.info(address)
+        if info.kind is not ChannelKind.COMMAND:
+            device, name = address.split("/", 1)
+            known = ", ".join(self.adapters[device].command_names) or "none"
+            raise UnknownAddressError(f"{address} is not a command channel; {device} commands: {known}")
+        device, name = address.split("/", 1)
+        return self.commands[device].write(name, value, timeout)
+
+    def snapshot(self) -> Snapshot:
+        """A consistent copy of every channel, taken at one instant."""
+        return self.registry.snapshot()
+
+    def subscribe(self, pattern: str, callback: Callback) -> Subscription:
+        """Call `callback(address, reading)` on every update of channels matching `pattern`."""
+        return self.registry.subscribe(pattern, callback)
+
+    def wait_until(self, predicate: Callable[[Snapshot], bool], timeout: float) -> bool:
+        """Poll snapshots until `predicate` holds or `timeout` passes (handy in scripts)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate(self.snapshot()):
+                return True
+            time.sleep(0.02)
+        return predicate(self.snapshot())
