@@ -15,15 +15,17 @@ from typing import Any
 
 from cantools.database.conversion import IdentityConversion
 
-Decoder = Callable[[bytes], tuple[Any, ...]]
+Decoder = Callable[[bytes | bytearray], tuple[Any, ...]]
 
 
 def _f32(raw: int) -> float:
-    return float(struct.unpack("<f", raw.to_bytes(4, "little"))[0])
+    value: float = struct.unpack("<f", raw.to_bytes(4, "little"))[0]
+    return value
 
 
 def _f64(raw: int) -> float:
-    return float(struct.unpack("<d", raw.to_bytes(8, "little"))[0])
+    value: float = struct.unpack("<d", raw.to_bytes(8, "little"))[0]
+    return value
 
 
 def _raw_expr(signal: Any, total_bits: int) -> str:
@@ -50,7 +52,7 @@ def _bytes_needed(signal: Any) -> int:
         seq_start = signal.start
     else:
         seq_start = 8 * (signal.start // 8) + (7 - signal.start % 8)
-    return (seq_start + signal.length + 7) // 8
+    return int((seq_start + signal.length + 7) // 8)
 
 
 @dataclass(frozen=True)

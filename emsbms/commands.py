@@ -52,6 +52,12 @@ class CommandChannel:
     def _carry_out(
         self, address: str, plan: CommandPlan, waiter: AckWaiter | None, timeout: float
     ) -> CommandResult:
+        if plan.execute is not None:
+            try:
+                status, detail = plan.execute(timeout)
+            except Exception as e:
+                status, detail = CommandStatus.REJECTED, f"{type(e).__name__}: {e}"
+            return CommandResult(address, plan.value, status, detail)
         sent = []
         for frame in plan.frames:
             try:

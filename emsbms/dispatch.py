@@ -15,7 +15,7 @@ from emsbms.bus import BusRunner
 from emsbms.errors import BusError
 from emsbms.protocols.base import Adapter, Output, frame_key
 from emsbms.registry import Registry
-from emsbms.types import ChannelInfo, ChannelKind, CommandStatus, Sample
+from emsbms.types import ChannelInfo, ChannelKind, CommandStatus, Sample, Value
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +186,7 @@ class Dispatcher:
         t0, n0 = self._rate[0]
         rate = (r.rx - n0) / (mono - t0) if mono > t0 else 0.0
         p = r.name + "/"
-        values = {
+        values: dict[str, Value] = {
             "State": r.state, "RxFrames": r.rx, "TxFrames": r.tx, "RxRate": round(rate, 1),
             "ErrorFrames": self.error_frames, "Dropped": r.dropped,
             "UnknownIds": self.unknown_ids, "BadFrames": self.bad_frames,

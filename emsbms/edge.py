@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
+
+import can
 
 from emsbms.bus import BusFactory, BusRunner, open_python_can
 from emsbms.commands import CommandChannel
@@ -17,7 +21,7 @@ from emsbms.protocols import adapter_class
 from emsbms.protocols.base import EXTENDED, Adapter
 from emsbms.registry import Callback, Registry, Snapshot, Subscription
 from emsbms.site import Site, load_site
-from emsbms.types import ChannelKind, CommandResult, Reading
+from emsbms.types import ChannelKind, CommandResult, Reading, Sample
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +51,9 @@ def build_adapters(site: Site, profiles: dict[str, Profile]) -> dict[str, Adapte
     owners: dict[tuple[str, int], str] = {}
     for d in site.devices:
         profile = profiles[d.name]
+        shared = site.extra.get(profile.protocol)
+        if isinstance(shared, dict) and shared:  # site-wide [j1939] / [canopen] settings
+            d = replace(d, options={**shared, **d.options})
         adapter = adapter_class(profile.protocol)(d, profile)
         for key in adapter.frame_keys():
             other = owners.get((d.bus, key))
@@ -62,6 +69,23 @@ def build_adapters(site: Site, profiles: dict[str, Profile]) -> dict[str, Adapte
             owners[(d.bus, key)] = d.name
         adapters[d.name] = adapter
     return adapters
+
+
+class _WorkerIO:
+    """The AdapterIO handed to background workers."""
+
+    def __init__(self, dispatcher: Dispatcher, stop: threading.Event) -> None:
+        self._dispatcher = dispatcher
+        self.stop = stop
+
+    def send(self, msg: can.Message) -> None:
+        self._dispatcher.runner.send(msg)
+
+    def publish(self, samples: Sequence[Sample], stale: Sequence[str] = ()) -> None:
+        self._dispatcher.registry.apply(samples, stale)
+
+    def now_us(self) -> int:
+        return now_us()
 
 
 class Edge:
@@ -93,6 +117,8 @@ class Edge:
         }
         self.started_us = 0
         self._running = False
+        self._stop_workers = threading.Event()
+        self._workers: list[threading.Thread] = []
 
     @classmethod
     def from_site(cls, path: str | Path, **kwargs: Any) -> Edge:
@@ -117,14 +143,36 @@ class Edge:
             raise
         for d in self.dispatchers.values():
             d.start()
+        self._stop_workers.clear()
+        for a in self.adapters.values():
+            if a.has_background:
+                io = _WorkerIO(self.dispatchers[a.device.bus], self._stop_workers)
+                t = threading.Thread(target=self._run_background, args=(a, io),
+                                     name=f"emsbms-worker-{a.device.name}", daemon=True)
+                t.start()
+                self._workers.append(t)
         self._running = True
         return self
+
+    @staticmethod
+    def _run_background(adapter: Adapter, io: _WorkerIO) -> None:
+        while not io.stop.is_set():
+            try:
+                adapter.background(io)
+                return
+            except Exception:
+                log.exception("background worker of %s failed; restarting in 1 s", adapter.device.name)
+                io.stop.wait(1.0)
 
     def stop(self) -> None:
         """Stop every thread and close every bus."""
         if not self._running:
             return
         self._running = False
+        self._stop_workers.set()
+        for t in self._workers:
+            t.join(3.0)
+        self._workers.clear()
         for d in self.dispatchers.values():
             d.stop()
         for r in self.runners.values():

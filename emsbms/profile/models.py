@@ -30,7 +30,7 @@ class InlineSignal(_Strict):
 
     name: str
     start_byte: int = Field(ge=0, le=63, description="byte holding the least (little) or most (big) significant bit")
-    start_bit: int | None = Field(None, ge=0, le=7, description="bit in that byte, 0 = LSB; default 0 (little) or 7 (big)")
+    start_bit: int | None = Field(None, ge=0, le=7, description="bit in that byte (0 = LSB); default 0 little, 7 big")
     length: int = Field(ge=1, le=64, description="length in bits")
     signed: bool = False
     byte_order: Literal["little", "big"] = "little"
@@ -140,7 +140,7 @@ class CommandMap(_Strict):
     idle: float | None = Field(None, description="value sent in this signal while the command is not active")
     ttl_s: float | None = Field(None, gt=0, description="repeat cyclically until this many seconds pass")
     period_ms: float | None = Field(None, gt=0, description="repeat period while active (with ttl_s)")
-    ack: AckSpec = AckSpec(type="none")
+    ack: AckSpec = Field(default_factory=lambda: AckSpec(type="none", tolerance=None))
     description: str = ""
 
     @model_validator(mode="after")

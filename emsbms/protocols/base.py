@@ -7,10 +7,11 @@ sends whatever frames it returns. That keeps protocol code testable without a bu
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar, NamedTuple
+from typing import TYPE_CHECKING, ClassVar, NamedTuple, Protocol
 
 import can
 
@@ -52,6 +53,25 @@ class CommandPlan:
     frames: list[can.Message]
     ack: AckCheck | None = None  # None: the profile has no acknowledgement (status "sent")
     detail: str = ""
+    execute: Callable[[float], tuple[CommandStatus, str]] | None = None
+    """For protocols whose exchange is a conversation (e.g. an SDO download through the canopen
+    library): called with the timeout on the writer's thread instead of sending `frames` and
+    waiting for `ack`. Never called on a receive thread."""
+
+
+class AdapterIO(Protocol):
+    """What the edge offers an adapter's background worker (see Adapter.background)."""
+
+    stop: threading.Event
+
+    def send(self, msg: can.Message) -> None:
+        """Send a frame on the device's bus (raises BusError)."""
+
+    def publish(self, samples: Sequence[Sample], stale: Sequence[str] = ()) -> None:
+        """Put samples into the registry."""
+
+    def now_us(self) -> int:
+        """Current wall-clock time in µs."""
 
 
 @dataclass(frozen=True)
@@ -82,7 +102,7 @@ class Adapter(ABC):
         self.prefix = device.name + "/"
 
     @classmethod
-    def check_profile(cls, profile: Profile) -> None:  # noqa: B027 - optional hook
+    def check_profile(cls, profile: Profile) -> None:
         """Raise ProfileError if the profile does not fit this protocol (names the JSON path)."""
 
     @abstractmethod
@@ -108,6 +128,16 @@ class Adapter(ABC):
     @abstractmethod
     def plan_command(self, name: str, value: float, now_us: int) -> CommandPlan:
         """Validate and encode a command. Raise CommandRejected before anything is sent."""
+
+    has_background: ClassVar[bool] = False
+    """True if `background` must run: the edge then gives the device a worker thread."""
+
+    def background(self, io: AdapterIO) -> None:
+        """Blocking protocol conversations (SDO uploads, PDO mapping reads) on a worker thread.
+
+        Runs until ``io.stop`` is set. Only adapters with ``has_background = True`` get one.
+        Frames still arrive through `on_frame` on the dispatcher thread.
+        """
 
     def command_done(self, plan: CommandPlan, result: CommandResult, now_us: int) -> Output:
         """Told the outcome of a command (e.g. to start or drop a cyclic setpoint)."""

@@ -203,7 +203,7 @@ class DbcAdapter(Adapter):
             return None
         if msg.is_remote_frame:
             return Output(error=f"{self.device.name}: remote frame for {route.compiled.name}")
-        data = msg.data
+        data: bytes | bytearray = msg.data
         length = route.compiled.length
         n = len(data)
         if n != length:

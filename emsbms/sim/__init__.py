@@ -1,0 +1,1 @@
+"""Simulated BMS units: a battery model and one simulator per protocol."""
