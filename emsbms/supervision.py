@@ -15,7 +15,7 @@ class _Watched:
     period_us: int
     addresses: tuple[str, ...]
     last_us: int = 0
-    stale: bool = True
+    stale: bool = False
 
 
 class Supervisor:
@@ -51,6 +51,8 @@ class Supervisor:
     def begin(self, now_us: int) -> list[Sample]:
         """Start the clock (the start-up grace time runs from here)."""
         self.start_us = now_us
+        for w in self._watched.values():
+            w.last_us = now_us  # a message not yet seen goes stale 2.5 periods after start
         return self._state_samples(now_us)
 
     def seen(self, key: object, ts_us: int) -> list[Sample] | None:
