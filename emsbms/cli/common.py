@@ -1,0 +1,159 @@
+"""What every subcommand shares: global options, exit codes, error reporting, signals, logging."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import IntEnum
+from pathlib import Path
+from types import FrameType
+from typing import Any, ParamSpec, TypeVar
+
+import click
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+
+from emsbms.errors import BusError, ConfigError, EmsbmsError, ProfileError, UnknownAddressError
+from emsbms.site import Site, load_site
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+USAGE_ERRORS = (ConfigError, ProfileError, UnknownAddressError, BusError)
+"""Errors that mean the command line, site or profile is wrong: exit 2."""
+
+
+class ExitCode(IntEnum):
+    """The exit codes of every emsbms command."""
+
+    OK = 0
+    FAILURE = 1  # an unexpected error
+    USAGE = 2  # usage or validation error: bad option, site, profile, address, bus
+    TIMEOUT = 3  # read: a value did not arrive; write: no acknowledgement
+    REJECTED = 4  # write: the command was refused
+
+
+@dataclass
+class CliState:
+    """The global options, kept on the click context."""
+
+    site: Path | None = None
+    db: Path = Path("emsbms.db")
+    debug: bool = False
+    verbose: int = 0
+
+    def load_site(self) -> Site:
+        """The site file named by --site (or EMSBMS_SITE); ConfigError if none was given."""
+        if self.site is None:
+            raise ConfigError("no site file: give --site FILE (or set EMSBMS_SITE)")
+        return load_site(self.site)
+
+
+def state() -> CliState:
+    """The global options of the running command."""
+    ctx = click.get_current_context()
+    obj = ctx.find_object(CliState)
+    return obj if obj is not None else CliState()
+
+
+def err(message: str) -> None:
+    """Print one line on stderr."""
+    typer.echo(message, err=True)
+
+
+def one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return text or type(error).__name__
+
+
+def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
+    """Turn emsbms errors into `error: ...` on stderr and exit 2 (others exit 1).
+
+    With --debug the traceback is printed too.
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return func(*args, **kwargs)
+        except (typer.Exit, click.exceptions.ClickException, click.exceptions.Abort):
+            raise
+        except Exception as e:
+            if state().debug:
+                traceback.print_exc(file=sys.stderr)
+            if isinstance(e, USAGE_ERRORS):
+                err(f"error: {one_line(e)}")
+                raise typer.Exit(ExitCode.USAGE) from e
+            if isinstance(e, EmsbmsError):
+                err(f"error: {one_line(e)}")
+            else:
+                err(f"error: {type(e).__name__}: {one_line(e)}")
+            raise typer.Exit(ExitCode.FAILURE) from e
+
+    return wrapper
+
+
+# -- logging -----------------------------------------------------------------------------------
+
+
+class _CliLogHandler(RichHandler):
+    """Marks the handler the CLI installed, so a second invocation replaces it."""
+
+
+def setup_logging(verbose: int) -> None:
+    """Log to stderr: warnings by default, -v info, -vv debug."""
+    level = logging.WARNING if verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if isinstance(h, _CliLogHandler):
+            root.removeHandler(h)
+    handler = _CliLogHandler(console=Console(stderr=True), show_path=False, rich_tracebacks=False)
+    handler.setLevel(level)
+    root.addHandler(handler)
+    logging.getLogger("emsbms").setLevel(level)
+    if root.level > level or root.level == logging.NOTSET:
+        root.setLevel(level)
+
+
+# -- running until told to stop ------------------------------------------------------------------
+
+
+@contextmanager
+def stop_signals() -> Iterator[threading.Event]:
+    """An event set by Ctrl-C (SIGINT) or SIGTERM while the block runs (main thread only)."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def run_until(stop: threading.Event, duration: float | None, every: float = 0.2,
+              tick: Callable[[], Any] | None = None) -> None:
+    """Wait until `stop` is set or `duration` seconds pass, calling `tick` every `every` seconds."""
+    deadline = None if duration is None else time.monotonic() + duration
+    while not stop.is_set():
+        if tick is not None:
+            tick()
+        left = every if deadline is None else min(every, deadline - time.monotonic())
+        if left <= 0:
+            return
+        stop.wait(left)

@@ -1,0 +1,39 @@
+"""`emsbms demo`: simulated BMS units of every shipped profile, the edge and the live monitor."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from emsbms import demo as demo_site
+from emsbms.cli.common import handle_errors
+from emsbms.cli.monitor import show
+from emsbms.edge import Edge
+from emsbms.monitor import Filters
+from emsbms.sim.runner import Simulation
+
+log = logging.getLogger(__name__)
+
+
+@handle_errors
+def command(
+    duration: Annotated[float | None, typer.Option("--duration", min=0.0, help="exit 0 after S seconds")] = None,
+    write_site: Annotated[Path | None, typer.Option(
+        "--write-site", metavar="FILE",
+        help="write the demo site (udp_multicast buses) to FILE and exit, for simulate/monitor in two terminals",
+    )] = None,
+) -> None:
+    """Simulated BMS units of every shipped profile on virtual buses, the edge and the live monitor.
+
+    Needs no site file. pylon-lv runs twice, with identical IDs on two buses.
+    """
+    if write_site is not None:
+        path = demo_site.write_demo_site(write_site)
+        typer.echo(f"wrote {path}")
+        return
+    site = demo_site.demo_site()
+    with Simulation(site), Edge(site) as edge:
+        show(edge, duration, Filters(), f"emsbms demo · {len(site.devices)} simulated BMS")

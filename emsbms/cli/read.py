@@ -1,0 +1,60 @@
+"""`emsbms read`: wait for fresh values of channels and print them."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Annotated
+
+import typer
+
+from emsbms.cli.common import ExitCode, err, handle_errors, state
+from emsbms.dispatch import now_us
+from emsbms.edge import Edge
+from emsbms.errors import ReadTimeout
+from emsbms.monitor import format_value
+from emsbms.types import Reading
+
+
+@handle_errors
+def command(
+    addresses: Annotated[list[str], typer.Argument(metavar="ADDRESS", help="channel addresses, e.g. bms_0/Soc")],
+    timeout: Annotated[float, typer.Option("--timeout", min=0.0, help="seconds to wait for every value")] = 5.0,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Wait until each ADDRESS has a value received after the command started, then print them.
+
+    Exit 0 if every value arrived, 3 on timeout (the missing ones are named on stderr),
+    2 for an unknown address.
+    """
+    started = now_us()
+    edge = Edge(state().load_site())
+    for address in addresses:
+        edge.registry.info(address)  # unknown address: exit 2 before opening any bus
+    got: dict[str, Reading] = {}
+    missing: list[str] = []
+    with edge:
+        deadline = time.monotonic() + timeout
+        for address in dict.fromkeys(addresses):
+            try:
+                got[address] = edge.read(address, max(0.0, deadline - time.monotonic()), after_us=started)
+            except ReadTimeout:
+                missing.append(address)
+    _print(addresses, got, as_json)
+    if missing:
+        err(f"timeout: no value within {timeout:g} s for {', '.join(missing)}")
+        raise typer.Exit(ExitCode.TIMEOUT)
+
+
+def _print(addresses: list[str], got: dict[str, Reading], as_json: bool) -> None:
+    if as_json:
+        doc = {a: (got[a].as_dict() if a in got else None) for a in addresses}
+        typer.echo(json.dumps(doc, ensure_ascii=False))
+        return
+    width = max(len(a) for a in addresses)
+    for a in dict.fromkeys(addresses):
+        r = got.get(a)
+        if r is None:
+            typer.echo(f"{a:<{width}}  (no value)")
+        else:
+            typer.echo(f"{a:<{width}}  {format_value(r.value, r.unit)}  {r.quality.value}")

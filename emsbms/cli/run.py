@@ -1,0 +1,40 @@
+"""`emsbms run`: the headless edge, logging every channel update to SQLite."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from emsbms.cli.common import err, handle_errors, run_until, state, stop_signals
+from emsbms.edge import Edge
+from emsbms.store import RunLog
+
+log = logging.getLogger(__name__)
+
+
+@handle_errors
+def command(
+    duration: Annotated[float | None, typer.Option("--duration", min=0.0, help="stop after S seconds")] = None,
+    db: Annotated[Path | None, typer.Option("--db", help="SQLite file (overrides the global --db)")] = None,
+) -> None:
+    """Run the edge without a display; every channel update goes to the SQLite run log.
+
+    Stops on Ctrl-C or SIGTERM (or after --duration), flushing the log before it exits.
+    """
+    site = state().load_site()
+    path = db or state().db
+    edge = Edge(site)
+    runlog = RunLog(path, site=site.name)
+    try:
+        runlog.declare(edge.registry.info(a) for a in edge.registry.addresses())
+        subscription = edge.subscribe("*", runlog.record)
+        with stop_signals() as stop, edge:
+            err(f"run: {len(site.devices)} devices on {len(site.buses)} buses; logging to {path}")
+            run_until(stop, duration)
+        subscription.cancel()
+    finally:
+        runlog.close()
+    err(f"run: {runlog.written} samples written to {path}, {runlog.dropped} dropped")
