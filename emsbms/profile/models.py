@@ -72,6 +72,8 @@ class MessageSettings(_Strict):
     period_ms: float | None = Field(None, gt=0, description="expected period; stale after 2.5x")
     timeout_ms: float | None = Field(None, gt=0, description="no frame for this long: device lost")
     min_dlc: int | None = Field(None, ge=0, le=64, description="shortest DLC accepted (default: full length)")
+    on_request: bool = Field(False, description="J1939: sent only when requested (the edge requests it)")
+    request_interval_s: float | None = Field(None, gt=0, description="J1939: re-request it this often")
 
 
 class ChannelMap(_Strict):
@@ -133,6 +135,7 @@ class CommandMap(_Strict):
     message: str | None = None
     signal: str | None = None
     od: str | None = None
+    request: HexInt | None = Field(None, ge=0, le=0x3FFFF, description="J1939: request this PGN (0xFED3: DM11)")
     unit: str = ""
     type: Literal["number", "bool"] = "number"
     min: float
@@ -149,7 +152,10 @@ class CommandMap(_Strict):
             raise ValueError(f"min {self.min} is above max {self.max}")
         if (self.ttl_s is None) != (self.period_ms is None):
             raise ValueError("ttl_s and period_ms go together (a cyclic command needs both)")
-        if (self.signal is None) == (self.od is None):
+        if self.request is not None:
+            if self.signal is not None or self.od is not None:
+                raise ValueError("a request command names no message, signal or od")
+        elif (self.signal is None) == (self.od is None):
             raise ValueError("give either message+signal or od")
         return self
 
