@@ -18,6 +18,7 @@ from typing import Any
 import can
 
 from emsbms.errors import BusError
+from emsbms.health import LoadMeter, frame_bits
 from emsbms.site import BusConfig
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,8 @@ class BusRunner:
         self.dropped = 0
         self.reopens = 0
         self.last_error = ""
+        self.tx_load = LoadMeter(config.bitrate)
+        self._error_state: BusState | None = None  # announced by error frames
 
     def open(self) -> None:
         """Open the bus now (raises BusError) and start the reader thread."""
@@ -77,6 +80,26 @@ class BusRunner:
         self.state = self._state_of(self._bus)
         self._thread = threading.Thread(target=self._read_loop, name=f"emsbms-rx-{self.name}", daemon=True)
         self._thread.start()
+
+    def note_error_state(self, state: BusState) -> None:
+        """An error frame announced a controller state (ERROR_ACTIVE ... BUS_OFF)."""
+        if self._bus is not None:
+            self._error_state = state
+            self.state = state
+
+    def poll_state(self) -> None:
+        """Refresh the state from the interface, where it reports one."""
+        bus = self._bus
+        if bus is None:
+            return
+        reported = self._state_of(bus)
+        if reported is BusState.UNKNOWN:
+            if self._error_state is not None:
+                self.state = self._error_state
+            return
+        if reported is BusState.ERROR_ACTIVE and self._error_state in (BusState.ERROR_WARNING,):
+            return  # the interface has no warning level: keep what the error frames said
+        self.state = reported
 
     @staticmethod
     def _state_of(bus: Any) -> BusState:
@@ -105,6 +128,7 @@ class BusRunner:
                 backoff = min(backoff * 2, self.max_backoff)
                 try:
                     self._bus = self._factory(self.config)
+                    self._error_state = None
                     self.state = self._state_of(self._bus)
                     self.reopens += 1
                     log.info("bus %s reopened", self.name)
@@ -147,6 +171,8 @@ class BusRunner:
         try:
             with self._send_lock:
                 bus.send(msg, timeout)
+                self.tx_load.add(time.time(), frame_bits(msg.arbitration_id, msg.is_extended_id, msg.data,
+                                                         msg.is_remote_frame, msg.dlc))
         except Exception as e:
             self.tx_errors += 1
             self.last_error = f"{type(e).__name__}: {e}"

@@ -8,11 +8,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from typing import ClassVar
 
 import can
 
-from emsbms.bus import BusRunner
+from emsbms.bus import BusRunner, BusState
 from emsbms.errors import BusError
+from emsbms.health import LatencyMeter, LoadMeter, decode_error_frame, frame_bits
 from emsbms.protocols.base import Adapter, Output, frame_key
 from emsbms.registry import Registry
 from emsbms.types import ChannelInfo, ChannelKind, CommandStatus, Sample, Value
@@ -52,8 +54,10 @@ class AckWaiter:
 class Dispatcher:
     """Routes one bus's frames to its device adapters and publishes bus health channels."""
 
-    HEALTH = ("State", "RxFrames", "TxFrames", "RxRate", "ErrorFrames", "Dropped",
-              "UnknownIds", "BadFrames", "LastError")
+    HEALTH = ("State", "BusLoad", "RxFrames", "TxFrames", "RxRate", "ErrorFrames", "Dropped",
+              "UnknownIds", "BadFrames", "LastError", "TxErrorCounter", "RxErrorCounter", "Reopens",
+              "LatencyP50", "LatencyP99")
+    UNITS: ClassVar[dict[str, str]] = {"BusLoad": "%", "RxRate": "frames/s", "LatencyP50": "µs", "LatencyP99": "µs"}
 
     def __init__(self, runner: BusRunner, adapters: Sequence[Adapter], registry: Registry) -> None:
         self.runner = runner
@@ -70,14 +74,19 @@ class Dispatcher:
         self.bad_frames = 0
         self.error_frames = 0
         self.last_bad = ""
+        self.last_error_frame = ""
+        self.tec: int | None = None
+        self.rec: int | None = None
+        self.load = LoadMeter(runner.config.bitrate)
+        self.latency = LatencyMeter()
+        self._published_state: object = None
         self._rate: deque[tuple[float, int]] = deque(maxlen=8)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def channels(self) -> list[ChannelInfo]:
         p = self.runner.name + "/"
-        units = {"RxRate": "frames/s"}
-        return [ChannelInfo(p + n, units.get(n, ""), ChannelKind.STATE) for n in self.HEALTH]
+        return [ChannelInfo(p + n, self.UNITS.get(n, ""), ChannelKind.STATE) for n in self.HEALTH]
 
     def start(self) -> None:
         t = now_us()
@@ -115,7 +124,7 @@ class Dispatcher:
                 if mono >= next_tick:
                     next_tick = mono + TICK_S
                     self.tick(now_us())
-                if mono >= next_health:
+                if mono >= next_health or self.runner.state is not self._published_state:
                     next_health = mono + HEALTH_S
                     self.publish_health(now_us())
             except Exception:  # the dispatcher must never die silently
@@ -128,11 +137,14 @@ class Dispatcher:
         frames: list[can.Message] = []
         t = now_us()
         table = self._table
+        add_load = self.load.add
         with self.lock:
             for msg in batch:
                 if msg.is_error_frame:
-                    self.error_frames += 1
+                    self._error_frame(msg)
                     continue
+                add_load(msg.timestamp, frame_bits(msg.arbitration_id, msg.is_extended_id, msg.data,
+                                                   msg.is_remote_frame, msg.dlc))
                 if self.waiters:
                     for w in list(self.waiters):
                         w.offer(msg)
@@ -159,7 +171,20 @@ class Dispatcher:
                 if not claimed:
                     self.unknown_ids += 1
         self.registry.apply(samples, stale)
+        done = now_us()
+        add = self.latency.add
+        for msg in batch:
+            add(done - round(msg.timestamp * 1_000_000))
         self._send(frames)
+
+    def _error_frame(self, msg: can.Message) -> None:
+        self.error_frames += 1
+        info = decode_error_frame(msg.arbitration_id, msg.data)
+        self.last_error_frame = info.text
+        if info.tx_errors is not None:
+            self.tec, self.rec = info.tx_errors, info.rx_errors
+        if info.state is not None:
+            self.runner.note_error_state(BusState(info.state.value))
 
     def tick(self, t: int) -> None:
         with self.lock:
@@ -186,10 +211,15 @@ class Dispatcher:
         t0, n0 = self._rate[0]
         rate = (r.rx - n0) / (mono - t0) if mono > t0 else 0.0
         p = r.name + "/"
+        r.poll_state()
+        self._published_state = r.state
+        load = self.load.load(time.time()) + r.tx_load.load(time.time())
         values: dict[str, Value] = {
-            "State": r.state, "RxFrames": r.rx, "TxFrames": r.tx, "RxRate": round(rate, 1),
-            "ErrorFrames": self.error_frames, "Dropped": r.dropped,
+            "State": r.state, "BusLoad": round(load, 2), "RxFrames": r.rx, "TxFrames": r.tx,
+            "RxRate": round(rate, 1), "ErrorFrames": self.error_frames, "Dropped": r.dropped,
             "UnknownIds": self.unknown_ids, "BadFrames": self.bad_frames,
-            "LastError": r.last_error or self.last_bad,
+            "LastError": r.last_error or self.last_error_frame or self.last_bad,
+            "TxErrorCounter": self.tec, "RxErrorCounter": self.rec, "Reopens": r.reopens,
+            "LatencyP50": self.latency.percentile(50), "LatencyP99": self.latency.percentile(99),
         }
         self.registry.apply([Sample(p + k, v, t) for k, v in values.items()])

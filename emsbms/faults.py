@@ -94,6 +94,10 @@ class FaultyBus(can.BusABC):
     def state(self) -> can.BusState:
         return can.BusState.ERROR if self._bus_off else can.BusState.ACTIVE
 
+    @state.setter
+    def state(self, new_state: can.BusState) -> None:
+        raise can.CanOperationError(f"FaultyBus: state is simulated; use go_bus_off()/recover(), not {new_state}")
+
     # -- python-can contract ----------------------------------------------------------------
 
     def _recv_internal(self, timeout: float | None) -> tuple[can.Message | None, bool]:

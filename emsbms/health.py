@@ -5,6 +5,7 @@ Pure functions and small stateful meters; no I/O. The dispatcher feeds them.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -242,5 +243,5 @@ class LatencyMeter:
         if not self._values:
             return None
         ordered = sorted(self._values)
-        rank = max(0, min(len(ordered) - 1, round(p / 100.0 * len(ordered) + 0.5) - 1))
+        rank = max(0, min(len(ordered) - 1, math.ceil(p / 100.0 * len(ordered)) - 1))
         return ordered[rank]
