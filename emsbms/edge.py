@@ -15,7 +15,7 @@ import can
 from emsbms.bus import BusFactory, BusRunner, open_python_can
 from emsbms.commands import CommandChannel
 from emsbms.dispatch import Dispatcher, now_us
-from emsbms.errors import ConfigError, ProfileError, UnknownAddressError
+from emsbms.errors import ConfigError, EmsbmsError, ProfileError, UnknownAddressError
 from emsbms.profile.loader import Profile, load_profile
 from emsbms.protocols import adapter_class
 from emsbms.protocols.base import EXTENDED, Adapter
@@ -186,13 +186,30 @@ class Edge:
 
     # -- the public API ---------------------------------------------------------------------
 
-    def read(self, address: str, timeout: float = 2.0, after_us: int | None = None) -> Reading:
+    def read(self, address: str, timeout: float = 2.0, after_us: int | None = None, fresh: bool = False) -> Reading:
         """The reading of `address` received since the edge started (or since `after_us`).
 
-        Waits up to `timeout` seconds for one; raises ReadTimeout if none arrives.
+        Waits up to `timeout` seconds for one; raises ReadTimeout if none arrives. With `fresh`,
+        asks the device now on the caller's thread (CANopen: SDO upload) instead of waiting for
+        its cyclic frames; a protocol without on-demand reads raises EmsbmsError.
         """
+        if fresh:
+            return self._read_fresh(address, timeout)
         since = self.started_us if after_us is None else after_us
         return self.registry.wait_for(address, since, timeout)
+
+    def _read_fresh(self, address: str, timeout: float) -> Reading:
+        self.registry.info(address)  # raises UnknownAddressError
+        device, name = address.split("/", 1)
+        adapter = self.adapters[device]
+        try:
+            sample = adapter.fresh(name, timeout)
+        except NotImplementedError as e:
+            raise EmsbmsError(f"{address}: cannot read on demand: {e}") from e
+        self.registry.apply([sample])
+        reading = self.registry.get(address)
+        assert reading is not None
+        return reading
 
     def write(self, address: str, value: float, timeout: float = 2.0) -> CommandResult:
         """Validate, encode, send and confirm a command, e.g. ``write("bms_0/SetChargeCurrent", 50)``.

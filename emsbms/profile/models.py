@@ -136,6 +136,9 @@ class CommandMap(_Strict):
     signal: str | None = None
     od: str | None = None
     request: HexInt | None = Field(None, ge=0, le=0x3FFFF, description="J1939: request this PGN (0xFED3: DM11)")
+    via: Literal["sdo", "rpdo"] | None = Field(
+        None, description="CANopen: SDO download (default) or the RPDO that maps `od` (cyclic setpoints)"
+    )
     unit: str = ""
     type: Literal["number", "bool"] = "number"
     min: float

@@ -139,6 +139,13 @@ class Adapter(ABC):
         Frames still arrive through `on_frame` on the dispatcher thread.
         """
 
+    def fresh(self, name: str, timeout: float) -> Sample:
+        """Read channel `name` from the device now (e.g. a CANopen SDO upload), on the caller's thread.
+
+        Protocols without on-demand reads raise NotImplementedError (the default).
+        """
+        raise NotImplementedError(f"protocol {self.protocol} has no on-demand read")
+
     def command_done(self, plan: CommandPlan, result: CommandResult, now_us: int) -> Output:
         """Told the outcome of a command (e.g. to start or drop a cyclic setpoint)."""
         return EMPTY
