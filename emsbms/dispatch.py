@@ -72,6 +72,7 @@ class Dispatcher:
         self._unmatched = [a for a in self.adapters if a.wants_unmatched]
         self.unknown_ids = 0
         self.bad_frames = 0
+        self.frames_ok = 0
         self.error_frames = 0
         self.last_bad = ""
         self.last_error_frame = ""
@@ -149,7 +150,8 @@ class Dispatcher:
                     for w in list(self.waiters):
                         w.offer(msg)
                 handlers = table.get(frame_key(msg.arbitration_id, msg.is_extended_id))
-                claimed = False
+                claimed = ok = False
+                error = ""
                 for a in handlers or self._unmatched:
                     try:
                         out = a.on_frame(msg, t)
@@ -160,15 +162,20 @@ class Dispatcher:
                         continue
                     claimed = True
                     if out.error is not None:
-                        self.bad_frames += 1
-                        self.last_bad = out.error
+                        error = out.error
                         continue
+                    ok = True
                     samples.extend(out.samples)
                     if out.stale:
                         stale.extend(out.stale)
                     if out.frames:
                         frames.extend(out.frames)
-                if not claimed:
+                if ok:
+                    self.frames_ok += 1
+                elif claimed:
+                    self.bad_frames += 1
+                    self.last_bad = error
+                else:
                     self.unknown_ids += 1
         self.registry.apply(samples, stale)
         done = now_us()
