@@ -268,7 +268,14 @@ def _channel_cells(snapshot: Mapping[str, Reading], view: _View, now_us: int, wi
         head.append(state, style=COMM_STYLE.get(state, ""))
         head.append(" ")
         cells.append(head)
-        cells.extend(_channel_cell(n, r, now_us, width) for n, r in view.channels[device])
+        quiet = 0
+        for name, reading in view.channels[device]:
+            if name.startswith("Alarm/") and _level(reading.value) == 0:
+                quiet += 1  # inactive alarms are summed up in one line
+                continue
+            cells.append(_channel_cell(name, reading, now_us, width))
+        if quiet:
+            cells.append(Text(fit(f" {_count(quiet, 'alarm')} ok", width), style="green"))
     return cells
 
 

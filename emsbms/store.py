@@ -92,7 +92,7 @@ class RunLog:
         self.path = Path(path)
         self.batch = batch
         self.flush_s = flush_s
-        self.queue: queue.Queue[Row] = queue.Queue(queue_size)
+        self.queue: queue.Queue[Row | None] = queue.Queue(queue_size)
         self.dropped = 0
         self.written = 0
         self.writer_thread_name = ""
@@ -111,6 +111,8 @@ class RunLog:
 
     def record(self, address: str, reading: Reading) -> None:
         """Queue one channel update (a registry callback). Drops and counts when full."""
+        if self._stop.is_set():
+            return
         row = (address, sql_value(reading.value), reading.unit, reading.timestamp_us, reading.quality.value)
         try:
             self.queue.put_nowait(row)
@@ -132,26 +134,28 @@ class RunLog:
 
     # -- the writer thread ------------------------------------------------------------------
 
-    def _take(self) -> list[Row]:
+    def _take(self) -> tuple[list[Row], bool]:
+        """Up to one batch of rows, waiting at most flush_s; True once close() was signalled."""
         rows: list[Row] = []
         deadline = time.monotonic() + self.flush_s
         while len(rows) < self.batch:
             left = deadline - time.monotonic()
             try:
-                rows.append(self.queue.get(timeout=max(left, 0.0)) if left > 0 else self.queue.get_nowait())
+                item = self.queue.get(timeout=left) if left > 0 else self.queue.get_nowait()
             except queue.Empty:
                 break
-        return rows
+            if item is None:  # the end marker close() puts
+                return rows, True
+            rows.append(item)
+        return rows, False
 
     def _write_loop(self) -> None:
         self.writer_thread_name = threading.current_thread().name
-        while True:
-            stopping = self._stop.is_set()
-            rows = self._take()
+        ended = False
+        while not ended:
+            rows, ended = self._take()
             if rows:
                 self._insert(rows)
-            elif stopping:
-                return
 
     def _insert(self, rows: list[Row]) -> None:
         # executemany on sqlite-utils' connection: ~15x faster than insert_all with dicts
@@ -170,6 +174,10 @@ class RunLog:
         if self._stop.is_set():
             return
         self._stop.set()
+        try:
+            self.queue.put(None, timeout=timeout)  # behind every update queued so far
+        except queue.Full:
+            log.warning("run log %s: queue still full after %g s", self.path, timeout)
         self._thread.join(timeout)
         if self._thread.is_alive():
             log.warning("run log %s: writer did not finish within %g s", self.path, timeout)

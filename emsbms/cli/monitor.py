@@ -48,6 +48,8 @@ def show(edge: Edge, duration: float | None, filters: Filters, title: str, conso
     with stop_signals() as stop, Live(console=console, auto_refresh=False, redirect_stderr=True) as live:
         run_until(stop, duration, REFRESH_S, lambda: live.update(frame(), refresh=True))
         live.update(frame(), refresh=True)
+    if not console.is_terminal:
+        console.line()  # Live leaves the last line open when it is not drawing on a terminal
 
 
 @handle_errors
