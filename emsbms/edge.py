@@ -98,12 +98,14 @@ class Edge:
             edge.write("bms_0/SetChargeCurrent", 50.0)
     """
 
-    def __init__(self, site: Site, bus_factory: BusFactory = open_python_can) -> None:
+    def __init__(self, site: Site, bus_factory: BusFactory = open_python_can, queue_size: int = 50_000) -> None:
         self.site = site
         self.profiles = load_profiles(site)
         self.adapters = build_adapters(site, self.profiles)
         self.registry = Registry()
-        self.runners: dict[str, BusRunner] = {b.name: BusRunner(b, bus_factory) for b in site.buses}
+        self.runners: dict[str, BusRunner] = {
+            b.name: BusRunner(b, bus_factory, queue_size=queue_size) for b in site.buses
+        }
         self.dispatchers: dict[str, Dispatcher] = {}
         for b in site.buses:
             mine = [a for a in self.adapters.values() if a.device.bus == b.name]

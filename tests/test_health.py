@@ -160,3 +160,17 @@ def test_bus_load_and_latency_channels_from_traffic() -> None:
         assert isinstance(p50, int) and isinstance(p99, int) and 0 <= p50 <= p99
         assert snap["can0/BusLoad"].unit == "%" and snap["can0/LatencyP99"].unit == "µs"
     peer.shutdown()
+
+
+def test_a_slow_subscriber_never_blocks_the_reader_overflow_is_counted() -> None:
+    site = virtual_site(["can0"], [{"name": "bms_0", "bus": "can0", "profile": "pylon-lv"}])
+    peer = can.Bus(interface="virtual", channel=site.buses[0].channel)
+    with Edge(site, queue_size=10) as edge:
+        edge.subscribe("bms_0/Soc", lambda a, r: time.sleep(0.05))  # a slow consumer
+        for i in range(300):
+            peer.send(can.Message(arbitration_id=0x355, data=bytes([i % 100, 0, 90, 0]), is_extended_id=False))
+        runner = edge.runners["can0"]
+        assert wait(lambda: runner.rx == 300)  # the reader took every frame off the bus
+        assert runner.dropped > 0
+        assert wait(lambda: edge.snapshot().value("can0/Dropped") == runner.dropped, 10)
+    peer.shutdown()
