@@ -211,7 +211,7 @@ def _worst_alarm(channels: list[tuple[str, Reading]]) -> tuple[int, str]:
 
 
 def _device_lines(snapshot: Mapping[str, Reading], view: _View, now_us: int, width: int, rows: int) -> list[Text]:
-    name_w = max(4, min(16, width - 28))
+    name_w = max(4, min(16, width - 25))
     alarm_w = max(4, width - name_w - 14)
     head = Text(fit("Device", name_w) + " " + fit("Comm", 7) + " " + fit("Seen", 4, "right") + " "
                 + fit("Alarm", alarm_w), style="bold")

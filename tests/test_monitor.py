@@ -45,9 +45,9 @@ def text_of(renderable: object, width: int = 80, height: int = 24) -> str:
 
 EXPECTED_80X24 = """\
 emsbms monitor  2 devices  2 buses  22:13:20 UTC
-Bus       State     Rx/s  Err Drop  Unk Device       Comm    Seen Alarm
-can0      active     9.5    0    0    3 bms_0        OK      0.3s ok
-can1      bus-off    9.5    0    0    0 bms_1        LOST     42s CommLoss
+Bus       State     Rx/s  Err Drop  Unk Device          Comm    Seen Alarm
+can0      active     9.5    0    0    3 bms_0           OK      0.3s ok
+can1      bus-off    9.5    0    0    0 bms_1           LOST     42s CommLoss
 ─ bms_0 ──────────────────────────── OK  2 alarms ok
  Soc                     77 % 0.5s ok   ─ bms_1 ────────────────────────── LOST
  Voltage             52.345 V 0.5s ok    Soc                     12 %  42s stale

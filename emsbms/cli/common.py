@@ -17,7 +17,6 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, ParamSpec, TypeVar
 
-import click
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
@@ -58,11 +57,14 @@ class CliState:
         return load_site(self.site)
 
 
-def state() -> CliState:
-    """The global options of the running command."""
-    ctx = click.get_current_context()
-    obj = ctx.find_object(CliState)
-    return obj if obj is not None else CliState()
+PASSTHROUGH = (typer.Exit, typer.Abort, typer.BadParameter)
+"""Exceptions Typer itself turns into exit codes and messages."""
+
+
+def state(ctx: Any) -> CliState:
+    """The global options of the running command (commands take `ctx: typer.Context`)."""
+    obj = ctx.find_object(CliState) if ctx is not None else None
+    return obj if isinstance(obj, CliState) else CliState()
 
 
 def err(message: str) -> None:
@@ -78,17 +80,19 @@ def one_line(error: BaseException) -> str:
 def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
     """Turn emsbms errors into `error: ...` on stderr and exit 2 (others exit 1).
 
-    With --debug the traceback is printed too.
+    With --debug the traceback is printed too. The command must take ``ctx: typer.Context``.
     """
 
     @functools.wraps(func)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return func(*args, **kwargs)
-        except (typer.Exit, click.exceptions.ClickException, click.exceptions.Abort):
+        except PASSTHROUGH:
             raise
         except Exception as e:
-            if state().debug:
+            # Typer may hand over its click Context rather than a typer.Context: look for the method
+            ctx = next((a for a in (*args, *kwargs.values()) if hasattr(a, "find_object")), None)
+            if state(ctx).debug:
                 traceback.print_exc(file=sys.stderr)
             if isinstance(e, USAGE_ERRORS):
                 err(f"error: {one_line(e)}")

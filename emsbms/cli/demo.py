@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 
 @handle_errors
 def command(
+    ctx: typer.Context,
     duration: Annotated[float | None, typer.Option("--duration", min=0.0, help="exit 0 after S seconds")] = None,
     write_site: Annotated[Path | None, typer.Option(
         "--write-site", metavar="FILE",

@@ -20,7 +20,8 @@ REFRESH_S = 0.2
 
 
 def make_filters(site: Site, devices: list[str], buses: list[str]) -> Filters:
-    """Filters from --device and --bus; --bus also narrows the devices to those on it."""
+    """Filters from --device and --bus: --bus narrows the devices to those on it, and --device
+    alone shows only the buses of those devices."""
     device_names = [d.name for d in site.devices]
     bus_names = [b.name for b in site.buses]
     for d in devices:
@@ -34,6 +35,8 @@ def make_filters(site: Site, devices: list[str], buses: list[str]) -> Filters:
         shown = [d.name for d in site.devices if d.bus in buses and d.name in shown]
         if not shown:
             shown = ["-"]  # nothing on those buses matches: show no device
+    if devices and not buses:
+        buses = [b for b in bus_names if any(d.bus == b and d.name in devices for d in site.devices)]
     return Filters(devices=tuple(shown) if devices or buses else (), buses=tuple(buses))
 
 
@@ -54,13 +57,14 @@ def show(edge: Edge, duration: float | None, filters: Filters, title: str, conso
 
 @handle_errors
 def command(
+    ctx: typer.Context,
     duration: Annotated[float | None, typer.Option("--duration", min=0.0, help="stop after S seconds")] = None,
     device: Annotated[list[str] | None, typer.Option("--device", help="show only this device (repeatable)")] = None,
     bus: Annotated[list[str] | None, typer.Option(
         "--bus", help="show only this bus and its devices (repeatable)")] = None,
 ) -> None:
     """A live view of every channel (value, unit, age, quality), the buses and the devices."""
-    site = state().load_site()
+    site = state(ctx).load_site()
     filters = make_filters(site, list(device or []), list(bus or []))
     with Edge(site) as edge:
         show(edge, duration, filters, f"emsbms monitor · {site.name}")

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from emsbms.cli.common import err, handle_errors
+from emsbms.cli.common import handle_errors
 from emsbms.errors import EmsbmsError
 from emsbms.profile.loader import Profile, list_shipped, load_profile
 
@@ -25,7 +25,10 @@ def summary(profile: Profile) -> dict[str, Any]:
 
 @app.command("list")
 @handle_errors
-def list_(as_json: Annotated[bool, typer.Option("--json", help="print a JSON array")] = False) -> None:
+def list_(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="print a JSON array")] = False,
+) -> None:
     """The shipped profiles: name, version, protocol and description."""
     rows: list[dict[str, Any]] = []
     for name in list_shipped():
@@ -47,6 +50,7 @@ def list_(as_json: Annotated[bool, typer.Option("--json", help="print a JSON arr
 @app.command("show")
 @handle_errors
 def show(
+    ctx: typer.Context,
     name: Annotated[str, typer.Argument(metavar="NAME", help="a shipped profile name or a profile file")],
     as_json: Annotated[bool, typer.Option("--json", help="print the profile as JSON")] = False,
 ) -> None:
@@ -78,7 +82,10 @@ def show(
 
 @app.command("validate")
 @handle_errors
-def validate(file: Annotated[str, typer.Argument(metavar="FILE", help="the profile JSON file")]) -> None:
+def validate(
+    ctx: typer.Context,
+    file: Annotated[str, typer.Argument(metavar="FILE", help="the profile JSON file")],
+) -> None:
     """Check a profile file as a whole. Exit 2 with the JSON path of the first fault."""
     profile = load_profile(file)
     s = summary(profile)
@@ -86,4 +93,3 @@ def validate(file: Annotated[str, typer.Argument(metavar="FILE", help="the profi
     typer.echo(f"{err_free} {s['commands']} commands")
 
 
-__all__ = ["app", "err"]

@@ -18,6 +18,7 @@ from emsbms.types import Reading
 
 @handle_errors
 def command(
+    ctx: typer.Context,
     addresses: Annotated[list[str], typer.Argument(metavar="ADDRESS", help="channel addresses, e.g. bms_0/Soc")],
     timeout: Annotated[float, typer.Option("--timeout", min=0.0, help="seconds to wait for every value")] = 5.0,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
@@ -28,7 +29,7 @@ def command(
     2 for an unknown address.
     """
     started = now_us()
-    edge = Edge(state().load_site())
+    edge = Edge(state(ctx).load_site())
     for address in addresses:
         edge.registry.info(address)  # unknown address: exit 2 before opening any bus
     got: dict[str, Reading] = {}

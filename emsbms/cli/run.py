@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 
 @handle_errors
 def command(
+    ctx: typer.Context,
     duration: Annotated[float | None, typer.Option("--duration", min=0.0, help="stop after S seconds")] = None,
     db: Annotated[Path | None, typer.Option("--db", help="SQLite file (overrides the global --db)")] = None,
 ) -> None:
@@ -24,8 +25,8 @@ def command(
 
     Stops on Ctrl-C or SIGTERM (or after --duration), flushing the log before it exits.
     """
-    site = state().load_site()
-    path = db or state().db
+    site = state(ctx).load_site()
+    path = db or state(ctx).db
     edge = Edge(site)
     runlog = RunLog(path, site=site.name)
     try:

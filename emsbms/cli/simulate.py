@@ -31,6 +31,7 @@ def parse_faults(specs: list[str], site: Site) -> list[tuple[str, str]]:
 
 @handle_errors
 def command(
+    ctx: typer.Context,
     duration: Annotated[float | None, typer.Option("--duration", min=0.0, help="stop after S seconds")] = None,
     device: Annotated[list[str] | None, typer.Option("--device", help="simulate only this device (repeatable)")] = None,
     fault: Annotated[list[str] | None, typer.Option(
@@ -38,7 +39,7 @@ def command(
         help="inject a fault, e.g. bms_0:overtemp or bms_0:silent (repeatable)")] = None,
 ) -> None:
     """Run a simulated BMS for every device of the site (or the --device ones), each on its bus."""
-    site = state().load_site()
+    site = state(ctx).load_site()
     names = [d.name for d in site.devices]
     for name in device or []:
         if name not in names:

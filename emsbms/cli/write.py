@@ -58,6 +58,7 @@ def wait_for_device(edge: Edge, device: str, timeout: float) -> None:
 
 @handle_errors
 def command(
+    ctx: typer.Context,
     address: Annotated[str, typer.Argument(metavar="ADDRESS", help="command channel, e.g. bms_0/SetChargeCurrent")],
     value: Annotated[str, typer.Argument(metavar="VALUE", help="a number, or true/false")],
     timeout: Annotated[float, typer.Option(
@@ -70,7 +71,7 @@ def command(
     2 for an unknown address.
     """
     number = parse_value(value)
-    edge = Edge(state().load_site())
+    edge = Edge(state(ctx).load_site())
     check_command(edge, address)
     with edge:
         wait_for_device(edge, address.split("/", 1)[0], timeout)
