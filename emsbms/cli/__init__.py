@@ -33,14 +33,17 @@ def _version(value: bool) -> None:
 @app.callback()
 def root(
     ctx: typer.Context,
-    site: Annotated[Path | None, typer.Option("--site", metavar="FILE", envvar="EMSBMS_SITE",
-                                              help="the site TOML file")] = None,
-    db: Annotated[Path, typer.Option("--db", metavar="FILE", envvar="EMSBMS_DB",
-                                     help="SQLite run log of `run`")] = Path("emsbms.db"),
+    site: Annotated[
+        Path | None, typer.Option("--site", metavar="FILE", envvar="EMSBMS_SITE", help="the site TOML file")
+    ] = None,
+    db: Annotated[
+        Path, typer.Option("--db", metavar="FILE", envvar="EMSBMS_DB", help="SQLite run log of `run`")
+    ] = Path("emsbms.db"),
     debug: Annotated[bool, typer.Option("--debug", help="show tracebacks on errors")] = False,
     verbose: Annotated[int, typer.Option("-v", "--verbose", count=True, help="log more (-v info, -vv debug)")] = 0,
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                          help="print the version and exit")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version and exit")
+    ] = False,
 ) -> None:
     """CAN integration of battery management systems for an EMS edge gateway."""
     ctx.obj = CliState(site=site, db=db, debug=debug, verbose=verbose)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
 from types import FrameType
-from typing import Any, ParamSpec, TypeVar
+from typing import Annotated, Any, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
@@ -26,6 +26,11 @@ from emsbms.site import Site, load_site
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+Duration = Annotated[
+    float | None, typer.Option("--duration", metavar="S", min=0.0, help="stop (exit 0) after S seconds")
+]
+"""The --duration option of the long-running commands."""
 
 USAGE_ERRORS = (ConfigError, ProfileError, UnknownAddressError, BusError)
 """Errors that mean the command line, site or profile is wrong: exit 2."""
@@ -150,8 +155,9 @@ def stop_signals() -> Iterator[threading.Event]:
             signal.signal(s, h)
 
 
-def run_until(stop: threading.Event, duration: float | None, every: float = 0.2,
-              tick: Callable[[], Any] | None = None) -> None:
+def run_until(
+    stop: threading.Event, duration: float | None, every: float = 0.2, tick: Callable[[], Any] | None = None
+) -> None:
     """Wait until `stop` is set or `duration` seconds pass, calling `tick` every `every` seconds."""
     deadline = None if duration is None else time.monotonic() + duration
     while not stop.is_set():

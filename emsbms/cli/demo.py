@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from emsbms import demo as demo_site
-from emsbms.cli.common import handle_errors
+from emsbms.cli.common import Duration, handle_errors
 from emsbms.cli.monitor import show
 from emsbms.edge import Edge
 from emsbms.monitor import Filters
@@ -21,11 +21,15 @@ log = logging.getLogger(__name__)
 @handle_errors
 def command(
     ctx: typer.Context,
-    duration: Annotated[float | None, typer.Option("--duration", min=0.0, help="exit 0 after S seconds")] = None,
-    write_site: Annotated[Path | None, typer.Option(
-        "--write-site", metavar="FILE",
-        help="write the demo site (udp_multicast buses) to FILE and exit, for simulate/monitor in two terminals",
-    )] = None,
+    duration: Duration = None,
+    write_site: Annotated[
+        Path | None,
+        typer.Option(
+            "--write-site",
+            metavar="FILE",
+            help="write the demo site (udp_multicast buses) to FILE and exit, for simulate/monitor in two terminals",
+        ),
+    ] = None,
 ) -> None:
     """Simulated BMS units of every shipped profile on virtual buses, the edge and the live monitor.
 

@@ -8,7 +8,7 @@ import typer
 from rich.console import Console, RenderableType
 from rich.live import Live
 
-from emsbms.cli.common import handle_errors, run_until, state, stop_signals
+from emsbms.cli.common import Duration, handle_errors, run_until, state, stop_signals
 from emsbms.dispatch import now_us
 from emsbms.edge import Edge
 from emsbms.errors import ConfigError
@@ -58,10 +58,13 @@ def show(edge: Edge, duration: float | None, filters: Filters, title: str, conso
 @handle_errors
 def command(
     ctx: typer.Context,
-    duration: Annotated[float | None, typer.Option("--duration", min=0.0, help="stop after S seconds")] = None,
-    device: Annotated[list[str] | None, typer.Option("--device", help="show only this device (repeatable)")] = None,
-    bus: Annotated[list[str] | None, typer.Option(
-        "--bus", help="show only this bus and its devices (repeatable)")] = None,
+    duration: Duration = None,
+    device: Annotated[
+        list[str] | None, typer.Option("--device", metavar="NAME", help="show only this device (repeatable)")
+    ] = None,
+    bus: Annotated[
+        list[str] | None, typer.Option("--bus", metavar="NAME", help="show only this bus and its devices (repeatable)")
+    ] = None,
 ) -> None:
     """A live view of every channel (value, unit, age, quality), the buses and the devices."""
     site = state(ctx).load_site()

@@ -17,8 +17,13 @@ app = typer.Typer(help="List, show and validate device profiles.", no_args_is_he
 def summary(profile: Profile) -> dict[str, Any]:
     m = profile.model
     return {
-        "name": m.name, "version": m.version, "protocol": m.protocol, "vendor": m.vendor,
-        "description": m.description, "channels": len(m.channels), "alarms": len(m.alarms),
+        "name": m.name,
+        "version": m.version,
+        "protocol": m.protocol,
+        "vendor": m.vendor,
+        "description": m.description,
+        "channels": len(m.channels),
+        "alarms": len(m.alarms),
         "commands": len(m.commands),
     }
 
@@ -58,8 +63,9 @@ def show(
     profile = load_profile(name)
     m = profile.model
     if as_json:
-        typer.echo(json.dumps(m.model_dump(mode="json", by_alias=True, exclude_none=True), ensure_ascii=False,
-                              indent=2))
+        typer.echo(
+            json.dumps(m.model_dump(mode="json", by_alias=True, exclude_none=True), ensure_ascii=False, indent=2)
+        )
         return
     source = m.source.dbc or m.source.eds or "inline messages"
     typer.echo(f"{m.name} {m.version} ({m.protocol}) {m.vendor}".rstrip())
@@ -91,5 +97,3 @@ def validate(
     s = summary(profile)
     err_free = f"ok: {s['name']} {s['version']} ({s['protocol']}): {s['channels']} channels, {s['alarms']} alarms,"
     typer.echo(f"{err_free} {s['commands']} commands")
-
-

@@ -20,7 +20,9 @@ from emsbms.types import Reading
 def command(
     ctx: typer.Context,
     addresses: Annotated[list[str], typer.Argument(metavar="ADDRESS", help="channel addresses, e.g. bms_0/Soc")],
-    timeout: Annotated[float, typer.Option("--timeout", min=0.0, help="seconds to wait for every value")] = 5.0,
+    timeout: Annotated[
+        float, typer.Option("--timeout", metavar="S", min=0.0, help="seconds to wait for every value")
+    ] = 5.0,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
     """Wait until each ADDRESS has a value received after the command started, then print them.

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from emsbms.cli.common import err, handle_errors, run_until, state, stop_signals
+from emsbms.cli.common import Duration, err, handle_errors, run_until, state, stop_signals
 from emsbms.edge import Edge
 from emsbms.store import RunLog
 
@@ -18,8 +18,10 @@ log = logging.getLogger(__name__)
 @handle_errors
 def command(
     ctx: typer.Context,
-    duration: Annotated[float | None, typer.Option("--duration", min=0.0, help="stop after S seconds")] = None,
-    db: Annotated[Path | None, typer.Option("--db", help="SQLite file (overrides the global --db)")] = None,
+    duration: Duration = None,
+    db: Annotated[
+        Path | None, typer.Option("--db", metavar="FILE", help="SQLite file (overrides the global --db)")
+    ] = None,
 ) -> None:
     """Run the edge without a display; every channel update goes to the SQLite run log.
 

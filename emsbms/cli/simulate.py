@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from emsbms.cli.common import err, handle_errors, run_until, state, stop_signals
+from emsbms.cli.common import Duration, err, handle_errors, run_until, state, stop_signals
 from emsbms.errors import ConfigError
 from emsbms.sim.runner import Simulation
 from emsbms.site import Site
@@ -32,11 +32,16 @@ def parse_faults(specs: list[str], site: Site) -> list[tuple[str, str]]:
 @handle_errors
 def command(
     ctx: typer.Context,
-    duration: Annotated[float | None, typer.Option("--duration", min=0.0, help="stop after S seconds")] = None,
-    device: Annotated[list[str] | None, typer.Option("--device", help="simulate only this device (repeatable)")] = None,
-    fault: Annotated[list[str] | None, typer.Option(
-        "--fault", metavar="DEVICE:FAULT",
-        help="inject a fault, e.g. bms_0:overtemp or bms_0:silent (repeatable)")] = None,
+    duration: Duration = None,
+    device: Annotated[
+        list[str] | None, typer.Option("--device", metavar="NAME", help="simulate only this device (repeatable)")
+    ] = None,
+    fault: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--fault", metavar="DEVICE:FAULT", help="inject a fault, e.g. bms_0:overtemp or bms_0:silent (repeatable)"
+        ),
+    ] = None,
 ) -> None:
     """Run a simulated BMS for every device of the site (or the --device ones), each on its bus."""
     site = state(ctx).load_site()

@@ -61,8 +61,12 @@ def command(
     ctx: typer.Context,
     address: Annotated[str, typer.Argument(metavar="ADDRESS", help="command channel, e.g. bms_0/SetChargeCurrent")],
     value: Annotated[str, typer.Argument(metavar="VALUE", help="a number, or true/false")],
-    timeout: Annotated[float, typer.Option(
-        "--timeout", min=0.0, help="seconds to wait for the device, then for the acknowledgement")] = 5.0,
+    timeout: Annotated[
+        float,
+        typer.Option(
+            "--timeout", metavar="S", min=0.0, help="seconds to wait for the device, then for the acknowledgement"
+        ),
+    ] = 5.0,
     as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
 ) -> None:
     """Write VALUE to the command channel ADDRESS and wait for its acknowledgement.
@@ -79,5 +83,6 @@ def command(
     if as_json:
         typer.echo(json.dumps(result.as_dict(), ensure_ascii=False))
     else:
-        typer.echo(f"{result.status.value}: {result.detail or address}")
+        status, detail = result.status.value, result.detail or address
+        typer.echo(detail if detail.startswith(status) else f"{status}: {detail}")
     raise typer.Exit(EXIT[result.status])
