@@ -26,6 +26,8 @@ TWIN_PROFILE = "pylon-lv"
 ADDRESSING_KEYS = ("id_offset", "node_id", "source_address", "j1939_name", "nmt_master", "options")
 """Keys a profile's ``options.demo_device`` may set on its demo device."""
 
+INT_KEYS = ("id_offset", "node_id", "source_address", "j1939_name")
+
 MULTICAST_GROUP = "239.74.163.2"
 MULTICAST_BASE_PORT = 43300
 
@@ -53,12 +55,22 @@ def available_profiles() -> list[Profile]:
     return found
 
 
+def _int_or_hex(value: Any) -> Any:
+    """JSON has no hex literals: a profile may write "0xF3" where the site file wants 0xF3."""
+    if isinstance(value, str):
+        try:
+            return int(value, 0)
+        except ValueError:
+            return value
+    return value
+
+
 def _addressing(profile: Profile) -> dict[str, Any]:
     wanted = profile.model.options.get("demo_device", {})
     if not isinstance(wanted, dict):
         log.warning("demo: profile %s: options.demo_device is not a table; ignored", profile.name)
         return {}
-    keys = {k: v for k, v in wanted.items() if k in ADDRESSING_KEYS}
+    keys = {k: _int_or_hex(v) if k in INT_KEYS else v for k, v in wanted.items() if k in ADDRESSING_KEYS}
     for k in wanted.keys() - keys.keys():
         log.warning("demo: profile %s: options.demo_device.%s is not an addressing key; ignored", profile.name, k)
     return keys

@@ -54,10 +54,12 @@ ALARM_STYLE = {0: "green", 1: "yellow", 2: "bold red"}
 
 @dataclass(frozen=True)
 class Filters:
-    """What to show: only these devices and buses (empty: all)."""
+    """What to show: only these devices and buses (empty: all), and which page of channels
+    when they do not all fit (the caller turns the pages, e.g. every few seconds)."""
 
     devices: tuple[str, ...] = ()
     buses: tuple[str, ...] = ()
+    page: int = 0
 
     def device(self, name: str) -> bool:
         return not self.devices or name in self.devices
@@ -279,14 +281,19 @@ def _channel_cells(snapshot: Mapping[str, Reading], view: _View, now_us: int, wi
     return cells
 
 
-def _flow(cells: list[Text], columns: int, rows: int, cell_w: int) -> list[Text]:
-    """Lay cells out column by column; if they do not fit, the last cell says how many are left."""
+def _flow(cells: list[Text], columns: int, rows: int, cell_w: int, page: int = 0) -> list[Text]:
+    """Lay cells out column by column. If they do not fit, show page `page` (modulo the page
+    count) and let the last cell say how many are not shown."""
     capacity = columns * rows
     if rows <= 0:
         return []
     if len(cells) > capacity:
-        left = len(cells) - capacity + 1
-        cells = [*cells[: capacity - 1], Text(fit(f" +{left} more (filter with --device)", cell_w), style="dim")]
+        per_page = max(1, capacity - 1)
+        pages = math.ceil(len(cells) / per_page)
+        first = (page % pages) * per_page
+        shown = cells[first : first + per_page]
+        note = f" +{len(cells) - len(shown)} more · page {page % pages + 1}/{pages}"
+        cells = [*shown, Text(fit(note, cell_w), style="dim")][:capacity]
     lines: list[Text] = []
     used_rows = min(rows, math.ceil(len(cells) / columns)) if columns else 0
     for r in range(used_rows):
@@ -347,7 +354,7 @@ def render(
     rows = height - len(lines)
     columns = max(1, width // CELL)
     cell_w = CELL if columns > 1 else width
-    lines.extend(_flow(_channel_cells(snapshot, view, now_us, cell_w), columns, rows, cell_w))
+    lines.extend(_flow(_channel_cells(snapshot, view, now_us, cell_w), columns, rows, cell_w, filters.page))
     return _group(lines, width, height)
 
 

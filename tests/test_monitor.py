@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from rich.console import Console
 
 from emsbms.bus import BusState
@@ -72,11 +74,24 @@ def test_render_fits_80x24_with_many_channels() -> None:
     lines = text.splitlines()
     assert len(lines) == 24
     assert max(len(line) for line in lines) <= 80
-    assert lines[-1].rstrip().endswith("more (filter with --device)")
     # cells: 8 device headers, bms_0 5 channels + "2 alarms ok", bms_1 3, dev_* 6 x 30 = 197.
     # 24 lines - 1 header - 9 pane lines (header + 8 devices) = 14 rows x 2 columns = 28 places;
-    # 27 cells shown, the 28th says how many are left: 197 - 27 = 170
-    assert "+170 more" in lines[-1]
+    # 27 cells a page (the 28th says how many are left: 197 - 27 = 170), ceil(197 / 27) = 8 pages
+    assert lines[-1].rstrip().endswith("+170 more · page 1/8")
+
+
+def test_pages_turn_through_every_channel() -> None:
+    snap = dict(small_site())
+    for c in range(60):
+        snap[f"dev_0/Channel{c:02d}"] = at(float(c), "V")
+    seen: set[str] = set()
+    # bms_0 6 + bms_1 3 + dev_0 60 + 3 headers = 72 cells; 24 lines - 1 header - 4 pane lines
+    # (header + 3 devices) = 19 rows x 2 columns = 38 places, 37 cells a page: 2 pages
+    for page in range(3):
+        text = text_of(render(Snapshot(snap, NOW), NOW, 80, 24, Filters(page=page)))
+        seen |= set(re.findall(r"Channel\d\d", text))
+        assert f"page {page % 2 + 1}/2" in text
+    assert seen == {f"Channel{c:02d}" for c in range(60)}
 
 
 def test_render_narrow_terminal_stacks_panes() -> None:

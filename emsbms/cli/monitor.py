@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from dataclasses import replace
 from typing import Annotated
 
 import typer
@@ -17,6 +19,9 @@ from emsbms.site import Site
 
 REFRESH_S = 0.2
 """Redraw period (5 Hz), on the main thread, from a registry snapshot."""
+
+PAGE_S = 5.0
+"""When the channels do not fit, the next page is shown after this many seconds."""
 
 
 def make_filters(site: Site, devices: list[str], buses: list[str]) -> Filters:
@@ -43,10 +48,12 @@ def make_filters(site: Site, devices: list[str], buses: list[str]) -> Filters:
 def show(edge: Edge, duration: float | None, filters: Filters, title: str, console: Console | None = None) -> None:
     """Draw the monitor until Ctrl-C, SIGTERM or `duration` seconds."""
     console = console or Console()
+    started = time.monotonic()
 
     def frame() -> RenderableType:
         size = console.size
-        return render(edge.snapshot(), now_us(), size.width, max(size.height - 1, 5), filters, title)
+        page = replace(filters, page=int((time.monotonic() - started) / PAGE_S))
+        return render(edge.snapshot(), now_us(), size.width, max(size.height - 1, 5), page, title)
 
     with stop_signals() as stop, Live(console=console, auto_refresh=False, redirect_stderr=True) as live:
         run_until(stop, duration, REFRESH_S, lambda: live.update(frame(), refresh=True))
