@@ -10,6 +10,7 @@ import json
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -97,3 +98,36 @@ def test_write_acked_and_rejected_across_processes(simulated_site: Path) -> None
     doc = json.loads(r.stdout)
     assert doc["status"] == "rejected"
     assert "above the maximum 200" in doc["detail"]
+
+
+def count_rows(db: Path, sql: str) -> int:
+    try:
+        with sqlite3.connect(db, timeout=5) as conn:
+            return int(conn.execute(sql).fetchone()[0] or 0)
+    except sqlite3.OperationalError:  # not created yet, or busy
+        return 0
+
+
+def test_run_stops_on_sigterm_and_flushes(simulated_site: Path, tmp_path: Path) -> None:
+    db = tmp_path / "edge.db"
+    run = subprocess.Popen([*emsbms_command(), "--site", str(simulated_site), "run", "--db", str(db)],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if count_rows(db, "SELECT COUNT(*) FROM samples WHERE address = 'hv_0/Voltage'") >= 3:
+                break
+            time.sleep(0.1)
+        run.send_signal(signal.SIGTERM)
+        _, err = run.communicate(timeout=20)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 0, err
+    assert count_rows(db, "SELECT COUNT(*) FROM samples WHERE address = 'hv_0/Voltage' AND unit = 'V'") >= 3
+    # every queued update reached the file: the run's total matches the rows, and none was dropped
+    total = count_rows(db, "SELECT COUNT(*) FROM samples")
+    assert count_rows(db, "SELECT samples FROM runs") == total > 0
+    assert count_rows(db, "SELECT dropped FROM runs") == 0
+    assert count_rows(db, "SELECT COUNT(*) FROM runs WHERE stopped_us >= started_us") == 1
+    assert f"{total} samples written to {db}, 0 dropped" in err
