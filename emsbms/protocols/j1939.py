@@ -539,6 +539,8 @@ class J1939Adapter(Adapter):
                                   f"{', '.join(sorted(self.command_names)) or 'none'}")
         value = validate_command_value(self.device_name, name, cmd, value)
         edge, bms = self._addresses_for_command(name)
+        if name in self._active:  # a cyclic command already running repeats the new value from now on
+            self._active[name].value = value
         if cmd.request is not None:
             pgn = cmd.request
             frames = self.stack.capture(lambda: self.stack.ca.send_request(0, pgn, bms))
@@ -636,6 +638,8 @@ class J1939Adapter(Adapter):
     def command_done(self, plan: CommandPlan, result: CommandResult, now_us: int) -> Output:
         cmd = self.profile.model.commands[plan.command]
         if result.status not in (CommandStatus.ACKED, CommandStatus.SENT):
+            if self._active.pop(plan.command, None) is not None:  # never repeat an unconfirmed value
+                return Output(stale=[self.prefix + plan.command])
             return EMPTY
         if cmd.ttl_s is not None and cmd.period_ms is not None and cmd.request is None:
             period = int(cmd.period_ms * 1000)

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import can
 import j1939
 
 from emsbms.protocols.base import DeviceConfig
@@ -73,6 +74,12 @@ class _SimEcu(j1939.ElectronicControlUnit):  # type: ignore[misc]
     """can-j1939's ECU with a mute switch (the ``silent`` fault)."""
 
     muted = False
+
+    def connect(self, *args: Any, **kwargs: Any) -> Any:
+        """As the library's, with a short notifier timeout so that stopping is quick."""
+        self._bus = can.Bus(*args, **kwargs)
+        self._notifier = can.Notifier(self._bus, self._listeners, 0.05)
+        return self._bus
 
     def send_message(self, can_id: int, extended_id: bool, data: Any, fd_format: bool = False) -> None:
         if self.muted or self._bus is None:
