@@ -16,12 +16,14 @@ import j1939
 import pytest
 
 from emsbms import CommandRejected, ConfigError, load_profile
-from emsbms.protocols.base import DeviceConfig, Output
+from emsbms.protocols.base import Adapter, DeviceConfig, Output
 from emsbms.protocols.j1939 import J1939Adapter, j1939_limits
 from emsbms.protocols.j1939_dm import Dtc, LampState, dm1_payload, parse_dm1
 from emsbms.protocols.j1939_names import decode_name, make_name
 from emsbms.protocols.j1939_stack import DrivenEcu
 from emsbms.types import AlarmLevel, CommandResult, CommandStatus, CommState, Quality
+from tests.test_adapter_contract import AdapterContract
+from tests.test_adapter_contract import msg as contract_msg
 
 BMS_NAME = 0x9000A0005CA01F3A
 EDGE = 0xE0
@@ -378,3 +380,43 @@ def test_connect_is_cyclic_until_its_ttl() -> None:
     out = a.tick(t + 10_000_001)
     assert "bms/Connect" in out.stale and not [f for f in out.frames if f.arbitration_id == 0x0C1BF3E0]
     assert not [f for f in a.tick(t + 10_100_000).frames if f.arbitration_id == 0x0C1BF3E0]
+
+
+# -- the adapter contract suite -------------------------------------------------------------------
+
+class TestJ1939Contract(AdapterContract):
+    """J1939 addresses a device by NAME or source address, not by exact frame ID: `id_offset`
+    here shifts the source address, and the adapter takes every frame no exact key claimed."""
+
+    offset = 1
+
+    def make_adapter(self, id_offset: int = 0) -> Adapter:
+        return J1939Adapter(DeviceConfig(self.device, "can0", "j1939-hvess", source_address=0xF3 + id_offset), PROFILE)
+
+    def device_frames(self, id_offset: int = 0) -> list[can.Message]:
+        sa = 0xF3 + id_offset
+        return [
+            contract_msg(0x0CF09000 | sa, bytes.fromhex("d007ffffc832707b"), True),  # HVES1D1
+            contract_msg(0x18F09100 | sa, bytes.fromhex("0096e50cda0c00ff"), True),  # HVES1D2, priority 6
+            contract_msg(0x0CF09400 | sa, bytes.fromhex("606db888007dffff"), True),  # HVES1D5
+            contract_msg(0x18F09600 | sa, bytes.fromhex("05000000000100ff"), True),  # HVES1S1
+            contract_msg(0x18FECA00 | sa, bytes.fromhex("10ff08f0e001ffff"), True),  # DM1, one DTC
+        ]
+
+    def malformed_frames(self) -> list[can.Message]:
+        return [contract_msg(0x0CF090F3, bytes(3), True), contract_msg(0x18FECAF3, bytes(5), True),
+                contract_msg(0x18FECAF3, bytes(7), True)]
+
+    def foreign_frames(self) -> list[can.Message]:
+        return [contract_msg(0x0CF090F4, bytes(8), True), contract_msg(0x123, bytes(8)),
+                contract_msg(0x18FF50E5, bytes(8), True)]
+
+    def out_of_range_command(self) -> tuple[str, float] | None:
+        return "SetChargeCurrent", 501.0  # max 500 A
+
+    def _command_ids(self, adapter: Adapter) -> set[int]:
+        return {0x18EFF3E0, 0x0C1BF3E0, 0x18EAF3E0}
+
+    def test_frame_keys_cover_the_device_frames(self) -> None:
+        adapter = self.make_adapter()
+        assert adapter.wants_unmatched and list(adapter.frame_keys()) == []
