@@ -21,8 +21,8 @@ from emsbms.sim.dbc_sim import DbcSimulator
 from emsbms.site import BusConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-HV_DB = cantools.database.load_file(str(ROOT / "dbc" / "acme_hv.dbc"))
-PYLON_DB = cantools.database.load_file(str(ROOT / "dbc" / "pylon_lv.dbc"))
+HV_DB: Any = cantools.database.load_file(str(ROOT / "dbc" / "acme_hv.dbc"))
+PYLON_DB: Any = cantools.database.load_file(str(ROOT / "dbc" / "pylon_lv.dbc"))
 
 
 class FrozenModel(BatteryModel):
@@ -88,7 +88,7 @@ def hv_model() -> FrozenModel:
 # -- acme-hv frames -----------------------------------------------------------------------------
 
 
-def test_hv_frames_decode_to_model_values(channel: Callable[[str], str]) -> None:
+def test_hv_frames_decode_to_model_values(channel: Callable[..., str]) -> None:
     model = hv_model()
     with simulated("acme-hv", channel(), model) as (_, bus):
         frames = {i: wait_frame(bus, i) for i in (0x4A0, 0x4A1, 0x4A2, 0x4A4, 0x4A5)}
@@ -113,7 +113,7 @@ def test_hv_frames_decode_to_model_values(channel: Callable[[str], str]) -> None
     assert decode(HV_DB, frames[0x4A0])["PackCurrent"] == pytest.approx(-12.3)  # negative = discharging
 
 
-def test_hv_frames_match_hand_computed_bytes(channel: Callable[[str], str]) -> None:
+def test_hv_frames_match_hand_computed_bytes(channel: Callable[..., str]) -> None:
     model = hv_model()
     with simulated("acme-hv", channel(), model) as (_, bus):
         limits = wait_frame(bus, 0x4A1)
@@ -126,7 +126,7 @@ def test_hv_frames_match_hand_computed_bytes(channel: Callable[[str], str]) -> N
     assert bytes(status.data) == bytes([0x03, 0x03]) + struct.pack("<HH", 0xFFFF, 0xFFFF)
 
 
-def test_hv_alarm_levels_are_two_bit_fields(channel: Callable[[str], str]) -> None:
+def test_hv_alarm_levels_are_two_bit_fields(channel: Callable[..., str]) -> None:
     model = hv_model()
     with simulated("acme-hv", channel(), model) as (_, bus):
         assert bytes(wait_frame(bus, 0x4A3).data) == b"\x00\x00"
@@ -140,7 +140,7 @@ def test_hv_alarm_levels_are_two_bit_fields(channel: Callable[[str], str]) -> No
 # -- commands, echoes, watchdog -----------------------------------------------------------------
 
 
-def test_setpoint_applied_echoed_and_reverted_by_watchdog(channel: Callable[[str], str]) -> None:
+def test_setpoint_applied_echoed_and_reverted_by_watchdog(channel: Callable[..., str]) -> None:
     model = hv_model()
     with simulated("acme-hv", channel(), model) as (_, bus):
         setpoint = can.Message(arbitration_id=0x4B0, data=struct.pack("<HH", 300, 0xFFFF), is_extended_id=False)
@@ -160,7 +160,7 @@ def test_setpoint_applied_echoed_and_reverted_by_watchdog(channel: Callable[[str
     assert reverted_after >= 0.29  # never before 3 periods of 100 ms without a setpoint
 
 
-def test_control_commands_apply_and_echo(channel: Callable[[str], str]) -> None:
+def test_control_commands_apply_and_echo(channel: Callable[..., str]) -> None:
     model = hv_model()
     with simulated("acme-hv", channel(), model) as (_, bus):
         bus.send(can.Message(arbitration_id=0x4B1, data=b"\x01", is_extended_id=False))  # enable balancing
@@ -178,7 +178,7 @@ def test_control_commands_apply_and_echo(channel: Callable[[str], str]) -> None:
         wait_frame(bus, 0x4A3, lambda m: bytes(m.data) == b"\x00\x00")
 
 
-def test_offset_device_sends_and_listens_on_shifted_ids(channel: Callable[[str], str]) -> None:
+def test_offset_device_sends_and_listens_on_shifted_ids(channel: Callable[..., str]) -> None:
     model = hv_model()
     with simulated("acme-hv", channel(), model, id_offset=0x100) as (_, bus):
         frame = wait_frame(bus, 0x5A1)
@@ -193,7 +193,7 @@ def test_offset_device_sends_and_listens_on_shifted_ids(channel: Callable[[str],
 # -- faults -------------------------------------------------------------------------------------
 
 
-def test_silent_fault_stops_frames_and_answers(channel: Callable[[str], str]) -> None:
+def test_silent_fault_stops_frames_and_answers(channel: Callable[..., str]) -> None:
     model = hv_model()
     with simulated("acme-hv", channel(), model) as (sim, bus):
         wait_frame(bus, 0x4A0)
@@ -209,7 +209,7 @@ def test_silent_fault_stops_frames_and_answers(channel: Callable[[str], str]) ->
         wait_frame(bus, 0x4A0)
 
 
-def test_overtemp_fault_raises_over_temperature_alarm(channel: Callable[[str], str]) -> None:
+def test_overtemp_fault_raises_over_temperature_alarm(channel: Callable[..., str]) -> None:
     with simulated("acme-hv", channel(), BatteryModel()) as (sim, bus):
         sim.inject("overtemp")
         frame = wait_frame(bus, 0x4A3, lambda m: bytes(m.data) == b"\x20\x00")
@@ -222,7 +222,7 @@ def test_overtemp_fault_raises_over_temperature_alarm(channel: Callable[[str], s
 # -- other profiles -----------------------------------------------------------------------------
 
 
-def test_bytemap_frames_little_big_endian_and_signed(channel: Callable[[str], str]) -> None:
+def test_bytemap_frames_little_big_endian_and_signed(channel: Callable[..., str]) -> None:
     model = FrozenModel(soc=63.37, current=-12.3, temperature=-5.0)
     with simulated("acme-lv-bytemap", channel(), model) as (_, bus):
         limits = wait_frame(bus, 0x611)
@@ -237,7 +237,7 @@ def test_bytemap_frames_little_big_endian_and_signed(channel: Callable[[str], st
     assert bytes(cells.data) == struct.pack("<HHbb", lo, hi, -6, -4) + b"\x00\x00"
 
 
-def test_bytemap_command_is_applied(channel: Callable[[str], str]) -> None:
+def test_bytemap_command_is_applied(channel: Callable[..., str]) -> None:
     model = FrozenModel()
     with simulated("acme-lv-bytemap", channel(), model) as (_, bus):
         bus.send(can.Message(arbitration_id=0x618, data=struct.pack("<H", 225), is_extended_id=False))
@@ -245,7 +245,7 @@ def test_bytemap_command_is_applied(channel: Callable[[str], str]) -> None:
         assert model.charge_max_current == 22.5
 
 
-def test_pylon_keeps_sending_without_keepalive(channel: Callable[[str], str]) -> None:
+def test_pylon_keeps_sending_without_keepalive(channel: Callable[..., str]) -> None:
     model = FrozenModel(soc=63.0, temperature=31.4)
     model.faults.add("OverTemperature")
     with simulated("pylon-lv", channel(), model) as (sim, bus):
@@ -266,7 +266,7 @@ def test_pylon_keeps_sending_without_keepalive(channel: Callable[[str], str]) ->
     assert decode(PYLON_DB, frames[0x379])["InstalledCapacity"] == 100
 
 
-def test_stop_is_prompt(channel: Callable[[str], str]) -> None:
+def test_stop_is_prompt(channel: Callable[..., str]) -> None:
     name = channel()
     sim = DbcSimulator(DeviceConfig("bms", "can0", "acme-hv"), load_profile("acme-hv"),
                        BusConfig("can0", "virtual", name), BatteryModel())
