@@ -154,10 +154,11 @@ def scan_canopen(
     ids = [n for n in node_ids if 1 <= n <= 127]
     own = isinstance(bus, BusConfig)
     if isinstance(bus, BusConfig):
+        config = bus
         try:
-            bus = can.Bus(**bus.can_kwargs())
+            bus = can.Bus(**config.can_kwargs())
         except Exception as e:
-            raise BusError(f"scan: cannot open bus {bus.name} ({bus.interface}:{bus.channel}): {e}") from e
+            raise BusError(f"scan: cannot open bus {config.name} ({config.interface}:{config.channel}): {e}") from e
     network = canopen.Network(bus)
     notifier = can.Notifier(bus, network.listeners, 0.1)
     try:
@@ -194,7 +195,8 @@ def _send_requests(network: canopen.Network, ids: list[int], progress: Progress 
 
 
 def _read_identity(network: canopen.Network, node: CanopenNode, timeout: float) -> None:
-    remote = canopen.RemoteNode(node.node_id, ObjectDictionary())
+    empty: Any = ObjectDictionary  # untyped constructor
+    remote = canopen.RemoteNode(node.node_id, empty())
     network.add_node(remote)
     remote.sdo.RESPONSE_TIMEOUT = timeout
     try:

@@ -164,6 +164,7 @@ class CanopenSimulator(DeviceSimulator):
             raise BusError(f"simulator {self.device.name}: cannot open bus {self.bus_config.name}"
                            f" ({self.bus_config.interface}:{self.bus_config.channel}): {e}") from e
         network = canopen.Network(_SimBus(inner, self.device.id_offset, lambda: self.silent))
+        network.NOTIFIER_CYCLE = POLL_S * 10  # how long stop() may wait for the receive thread
         node = canopen.LocalNode(self.node_id, self.od)
         network.add_node(node)
         untyped: Any = node  # canopen's callback registration is untyped
