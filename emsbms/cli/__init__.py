@@ -47,7 +47,7 @@ def root(
 ) -> None:
     """CAN integration of battery management systems for an EMS edge gateway."""
     ctx.obj = CliState(site=site, db=db, debug=debug, verbose=verbose)
-    setup_logging(verbose)
+    ctx.call_on_close(setup_logging(verbose))
 
 
 app.command("demo")(demo.command)

@@ -118,19 +118,30 @@ class _CliLogHandler(RichHandler):
     """Marks the handler the CLI installed, so a second invocation replaces it."""
 
 
-def setup_logging(verbose: int) -> None:
-    """Log to stderr: warnings by default, -v info, -vv debug."""
+def setup_logging(verbose: int) -> Callable[[], None]:
+    """Log to stderr: warnings by default, -v info (emsbms), -vv debug (emsbms).
+
+    Returns a function that undoes it (the CLI calls it when the command ends, so an in-process
+    invocation, e.g. from tests, leaves the logging configuration as it found it).
+    """
     level = logging.WARNING if verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG
     root = logging.getLogger()
+    package = logging.getLogger("emsbms")
     for h in list(root.handlers):
         if isinstance(h, _CliLogHandler):
             root.removeHandler(h)
     handler = _CliLogHandler(console=Console(stderr=True), show_path=False, rich_tracebacks=False)
     handler.setLevel(level)
     root.addHandler(handler)
-    logging.getLogger("emsbms").setLevel(level)
-    if root.level > level or root.level == logging.NOTSET:
-        root.setLevel(level)
+    previous = package.level
+    if verbose > 0:
+        package.setLevel(level)  # records propagate to the root's handlers whatever the root's level
+
+    def restore() -> None:
+        root.removeHandler(handler)
+        package.setLevel(previous)
+
+    return restore
 
 
 # -- running until told to stop ------------------------------------------------------------------
