@@ -328,3 +328,10 @@ def test_device_behind_a_bridge_with_an_id_offset() -> None:
                 ids.add((m.arbitration_id, m.is_extended_id))
         assert (0x10000182, True) in ids and (0x10000602, True) in ids
         assert not {i for i, _ in ids if i < 0x10000000}
+
+
+def test_command_to_an_absent_device_times_out() -> None:
+    with Edge(site_of(node_id=9)) as edge:
+        result = edge.write("bms_0/SetChargeVoltage", 55.0, timeout=0.5)
+        assert result.status is CommandStatus.TIMEOUT
+        assert "SDO" in result.detail

@@ -70,7 +70,8 @@ log = logging.getLogger(__name__)
 
 STALE_FACTOR = 2.5  # a TPDO is stale after 2.5 event-timer periods
 CONSUMER_FACTOR = 1.5  # default heartbeat consumer time: 1.5 x the producer time
-RETRY_US = 2_000_000  # retry a failed configuration after this long
+RETRY_US = 2_000_000  # retry a failed configuration after this long (doubling up to MAX_RETRY_US)
+MAX_RETRY_US = 30_000_000
 NMT_RESTART_US = 1_000_000  # resend NMT start at most this often
 EMCY_LOG_KEEP = 64
 
@@ -170,6 +171,7 @@ class CanopenAdapter(Adapter):
         self._need_mapping = opts.pdo_mapping == "device"
         self._mapping_gen = 0
         self._next_config_us = 0
+        self._retry_us = RETRY_US
         self._next_poll_us = 0
         self._wake = threading.Event()
         self._sdo_lock = threading.Lock()
@@ -391,6 +393,7 @@ class CanopenAdapter(Adapter):
         self._need_mapping = True
         self._mapping_valid = False
         self._routes = {}
+        self._next_config_us = 0
         self._wake.set()
 
     def _on_emcy(self, data: bytes, ts: int, stamp: float) -> Output:
@@ -633,17 +636,26 @@ class CanopenAdapter(Adapter):
     def _work(self, io: AdapterIO) -> None:
         now = io.now_us()
         reachable = self.state is not CommState.LOST or self.last_hb_us == 0
-        if self._need_config and now >= self._next_config_us and reachable:
+        if now < self._next_config_us or not reachable:
+            return
+        if self._need_config:
             if not self._configure(io):
-                self._next_config_us = now + RETRY_US
+                self._back_off(now)
                 return
             self._need_config = False
-        if (self._need_mapping and not self._need_config and reachable
-                and self.nmt in (NmtState.OPERATIONAL, NmtState.UNKNOWN)):
-            self._read_mappings()
+        mapping_readable = self.nmt in (NmtState.OPERATIONAL, NmtState.UNKNOWN)
+        if self._need_mapping and mapping_readable and not self._read_mappings():
+            self._back_off(now)
+            return
+        self._retry_us = RETRY_US
         if self._mapping_valid and self._polled and now >= self._next_poll_us and self.state is not CommState.LOST:
             self._next_poll_us = now + int(self.options.sdo_poll_ms * 1000)
             self._poll(io)
+
+    def _back_off(self, now: int) -> None:
+        """Wait before the next attempt (a heartbeat or boot-up cuts the wait short)."""
+        self._next_config_us = now + self._retry_us
+        self._retry_us = min(2 * self._retry_us, MAX_RETRY_US)
 
     def _upload(self, index: int, sub: int) -> bytes | None:
         """One SDO upload; None if the device aborts it (the object is optional)."""
@@ -696,8 +708,11 @@ class CanopenAdapter(Adapter):
         log.info("%s: node %d heartbeat %s ms, consumer time %.0f ms", self.device.name, self.node_id,
                  producer, self.consumer_us / 1000)
 
-    def _read_mappings(self) -> None:
-        """Read the TPDO and RPDO mapping from the device (PdoMap.read over SDO) and decode by it."""
+    def _read_mappings(self) -> bool:
+        """Read the TPDO and RPDO mapping from the device (PdoMap.read over SDO) and decode by it.
+
+        False if the device did not answer (retried later).
+        """
         generation = self._mapping_gen
         try:
             tpdo = self._read_pdo(TPDO)
@@ -709,15 +724,16 @@ class CanopenAdapter(Adapter):
         except (SdoCommunicationError, ReadTimeout, can.CanError, EmsbmsError) as e:
             log.info("%s: reading the PDO mapping of node %d failed (%s); retrying", self.device.name,
                      self.node_id, e)
-            return
+            return False
         if generation != self._mapping_gen:
-            return  # the device changed state while we read: read again
+            return True  # the device changed state while we read: read again
         self._install(tpdo)
         self._rpdo = rpdo
         self._need_mapping = False
         log.info("%s: node %d TPDOs: %s", self.device.name, self.node_id, "; ".join(
             f"{r.name} 0x{r.cob:X} [{', '.join(f'{v.od.index:04X}sub{v.od.subindex}/{v.length}' for v in r.pdo.map)}]"
             for r in self._routes.values()))
+        return True
 
     def _read_pdo(self, kind: type[PdoBase]) -> PdoBase:
         pdo = self._new_pdo(kind)
