@@ -261,6 +261,7 @@ def test_pdo_remapped_at_runtime_by_a_configuration_tool() -> None:
         tpdo1.clear()
         for index in (0x6081, 0x6000, 0x6010, 0x6070, 0x4804):  # same 8 bytes, another order
             tpdo1.add_variable(index)
+        tpdo1.cob_id = 0x1A1  # and off its predefined COB-ID (0x181)
         tpdo1.save()
         started = now_us()
         tool.nmt.send_command(0x01)
@@ -269,6 +270,7 @@ def test_pdo_remapped_at_runtime_by_a_configuration_tool() -> None:
         assert soc == pytest.approx(sim.model.soc, abs=1)  # by the EDS mapping this byte is 0x6010's
         assert temperature == pytest.approx(sim.model.temperature, abs=0.5)
         assert fresh_after(edge, "Current", started) == pytest.approx(sim.model.current, abs=1.0)
+        assert edge.snapshot().value("can0/BadFrames") == 0
 
 
 def test_pdo_remapped_while_operational_is_noticed_by_its_length() -> None:
