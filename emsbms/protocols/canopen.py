@@ -1,7 +1,7 @@
 """The CANopen adapter: a CiA 301 node through the canopen library (device PDO mapping, SDO, NMT, heartbeat, EMCY).
 
 Frames reach the canopen library through ``Network.notify`` from `on_frame` (the dispatcher
-thread); what the library sends goes out through the edge (`_EdgeBus`). Every blocking SDO
+thread); what the library sends goes out through the edge (`EdgeBus`). Every blocking SDO
 conversation (identity, 0x1017, reading the PDO mapping, polling, commands, fresh reads) runs on
 the adapter's background worker or on the caller's thread, never on the dispatcher thread: the
 SDO client waits for responses that only `on_frame` can deliver.
@@ -73,7 +73,8 @@ CONSUMER_FACTOR = 1.5  # default heartbeat consumer time: 1.5 x the producer tim
 RETRY_US = 2_000_000  # retry a failed configuration after this long (doubling up to MAX_RETRY_US)
 MAX_RETRY_US = 30_000_000
 NMT_RESTART_US = 1_000_000  # resend NMT start at most this often
-EMCY_LOG_KEEP = 64
+EMCY_LOG_KEEP = 64  # EMCYs kept in the library's log
+
 
 class SdoAbort(EmsbmsError):
     """The device aborted an SDO transfer; the message holds the abort code and its meaning."""
@@ -198,7 +199,7 @@ class CanopenAdapter(Adapter):
             assert ch.od is not None
             var = resolve(self.od, ch.od, label)
             out[name] = ObjectChannel(name, self.prefix + name, var, ch.scale, ch.offset, ch.abs, ch.type,
-                                 ch.unit or var.unit)
+                                      ch.unit or var.unit)
         return out
 
     def _consumer_us(self, producer_ms: int | None) -> int:
