@@ -16,7 +16,7 @@ import canopen
 import pytest
 from canopen.sdo.exceptions import SdoAbortedError
 
-from emsbms import CommandStatus, CommState, Edge, ReadTimeout
+from emsbms import CommandStatus, CommState, Edge, EmsbmsError, ReadTimeout
 from emsbms.profile.loader import load_profile
 from emsbms.protocols.canopen import SdoAbort
 from emsbms.protocols.canopen_codes import NmtState
@@ -337,3 +337,9 @@ def test_command_to_an_absent_device_times_out() -> None:
         result = edge.write("bms_0/SetChargeVoltage", 55.0, timeout=0.5)
         assert result.status is CommandStatus.TIMEOUT
         assert "SDO" in result.detail
+
+
+def test_fresh_read_of_a_protocol_without_on_demand_reads_says_so() -> None:
+    site = virtual_site(["can0"], [{"name": "lv", "bus": "can0", "profile": "pylon-lv"}])
+    with Edge(site) as edge, pytest.raises(EmsbmsError, match="lv/Soc: cannot read on demand: protocol dbc"):
+        edge.read("lv/Soc", timeout=0.2, fresh=True)
