@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import logging
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from emsbms.errors import ProfileError
 from emsbms.profile.loader import Profile, list_shipped, load_profile
 from emsbms.sim import simulator_class
+from emsbms.sim.runner import Simulation
 from emsbms.site import Site, parse_site
 
 log = logging.getLogger(__name__)
@@ -43,12 +45,12 @@ def available_profiles() -> list[Profile]:
     for name in list_shipped():
         try:
             profile = load_profile(name)
-        except ProfileError as e:
+        except (ProfileError, ImportError) as e:
             log.warning("demo: skipping profile %s: %s", name, e)
             continue
         try:
             simulator_class(profile.protocol)
-        except (ImportError, KeyError, AttributeError) as e:
+        except Exception as e:  # ImportError above all; a demo shows what works and says what does not
             log.warning("demo: skipping profile %s: no simulator for protocol %s (%s)", name, profile.protocol, e)
             continue
         found.append(profile)
@@ -105,6 +107,26 @@ def demo_tables(profiles: list[Profile], interface: str = "virtual", tag: str | 
 def demo_site(interface: str = "virtual", tag: str | None = None) -> Site:
     """The demo site, validated, on `interface` buses."""
     return parse_site(demo_tables(available_profiles(), interface, tag), "<demo site>")
+
+
+def start_simulations(site: Site) -> tuple[list[Simulation], Site]:
+    """Start a Simulation for each device of `site`. A device whose simulator fails to start is
+    logged and left out: returns the running simulations and the site of the devices they serve."""
+    running: list[Simulation] = []
+    kept = []
+    for device in site.devices:
+        try:
+            running.append(Simulation(replace(site, devices=[device])).start())
+            kept.append(device)
+        except Exception as e:
+            log.warning("demo: skipping %s: its simulator did not start: %s", device.name, e)
+    buses = {d.bus for d in kept}
+    return running, replace(site, devices=kept, buses=[b for b in site.buses if b.name in buses])
+
+
+def stop_simulations(running: list[Simulation]) -> None:
+    for sim in running:
+        sim.stop()
 
 
 # -- writing a site file ---------------------------------------------------------------------

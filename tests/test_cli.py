@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import sqlite3
@@ -15,9 +16,11 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner, Result
 
+from emsbms import demo
 from emsbms.cli import app
-from emsbms.demo import site_toml
+from emsbms.demo import demo_tables, site_toml
 from emsbms.edge import Edge
+from emsbms.profile import load_profile
 from emsbms.sim.runner import Simulation
 from emsbms.site import Site, load_site
 from emsbms.types import Reading
@@ -357,3 +360,48 @@ def test_every_command_is_registered() -> None:
     for name in ("demo", "run", "simulate", "read", "write", "profiles", "monitor"):
         assert name in r.stdout
     assert threading.active_count() >= 1
+
+
+# -- the demo site -----------------------------------------------------------------------------------
+
+
+def test_demo_site_is_built_from_profile_options() -> None:
+    pylon = load_profile("pylon-lv")
+    hexed = dataclasses.replace(pylon, model=pylon.model.model_copy(update={
+        "name": "x-bms", "options": {"demo_device": {"source_address": "0xF3", "node_id": 5, "colour": "red"}}}))
+    tables = demo_tables([pylon, hexed], tag="t1")
+    assert [(d["name"], d["bus"]) for d in tables["device"]] == [
+        ("pylon_lv", "can0"), ("pylon_lv_2", "can1"), ("x_bms", "can2")]
+    assert tables["device"][2]["source_address"] == 0xF3 and tables["device"][2]["node_id"] == 5
+    assert "colour" not in tables["device"][2]  # not an addressing key
+    assert [b["channel"] for b in tables["bus"]] == [f"emsbms-demo-t1-can{i}" for i in range(3)]
+
+
+def test_demo_skips_a_profile_without_simulator(monkeypatch: pytest.MonkeyPatch,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    def no_acme(protocol: str) -> type:
+        raise ImportError("No module named 'emsbms.sim.nothing'")
+
+    monkeypatch.setattr(demo, "simulator_class", no_acme)
+    with caplog.at_level("WARNING", logger="emsbms.demo"):
+        assert demo.available_profiles() == []
+    assert "demo: skipping profile pylon-lv: no simulator for protocol dbc" in caplog.text
+
+
+def test_demo_leaves_out_a_device_whose_simulator_fails(monkeypatch: pytest.MonkeyPatch,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    site = demo.demo_site()
+    original = Simulation.start
+
+    def start(self: Simulation) -> Simulation:
+        if "pylon_lv_2" in self.simulators:
+            raise OSError("bus gone")
+        return original(self)
+
+    monkeypatch.setattr(Simulation, "start", start)
+    with caplog.at_level("WARNING", logger="emsbms.demo"):
+        running, kept = demo.start_simulations(site)
+    demo.stop_simulations(running)
+    assert [d.name for d in kept.devices] == [d.name for d in site.devices if d.name != "pylon_lv_2"]
+    assert len(kept.buses) == len(site.buses) - 1
+    assert "demo: skipping pylon_lv_2: its simulator did not start: bus gone" in caplog.text

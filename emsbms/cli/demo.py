@@ -13,7 +13,6 @@ from emsbms.cli.common import Duration, handle_errors
 from emsbms.cli.monitor import show
 from emsbms.edge import Edge
 from emsbms.monitor import Filters
-from emsbms.sim.runner import Simulation
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +26,7 @@ def command(
         typer.Option(
             "--write-site",
             metavar="FILE",
-            help="write the demo site (udp_multicast buses) to FILE and exit, for simulate/monitor in two terminals",
+            help="write the demo site (udp_multicast buses) to FILE and exit, to run simulate and monitor apart",
         ),
     ] = None,
 ) -> None:
@@ -39,6 +38,9 @@ def command(
         path = demo_site.write_demo_site(write_site)
         typer.echo(f"wrote {path}")
         return
-    site = demo_site.demo_site()
-    with Simulation(site), Edge(site) as edge:
-        show(edge, duration, Filters(), f"emsbms demo · {len(site.devices)} simulated BMS")
+    simulations, site = demo_site.start_simulations(demo_site.demo_site())
+    try:
+        with Edge(site) as edge:
+            show(edge, duration, Filters(), f"emsbms demo · {len(site.devices)} simulated BMS")
+    finally:
+        demo_site.stop_simulations(simulations)
