@@ -189,7 +189,7 @@ def test_fresh_read_uploads_the_object_now() -> None:
         reading = edge.read("bms_0/Voltage", timeout=2, fresh=True)
         assert reading.timestamp_us >= before
         assert reading.value == pytest.approx(sim.model.voltage, abs=0.2)
-        with pytest.raises(Exception, match="kept by the edge"):
+        with pytest.raises(EmsbmsError, match="kept by the edge"):
             edge.read("bms_0/CommState", timeout=1, fresh=True)
         del sim.od[0x6081]
         with pytest.raises(SdoAbort, match="0x06020000 object does not exist"):
