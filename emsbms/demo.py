@@ -14,7 +14,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from emsbms.errors import ProfileError
 from emsbms.profile.loader import Profile, list_shipped, load_profile
 from emsbms.sim import simulator_class
 from emsbms.sim.runner import Simulation
@@ -45,7 +44,7 @@ def available_profiles() -> list[Profile]:
     for name in list_shipped():
         try:
             profile = load_profile(name)
-        except (ProfileError, ImportError) as e:
+        except Exception as e:  # ProfileError above all, or a protocol module that does not import
             log.warning("demo: skipping profile %s: %s", name, e)
             continue
         try:

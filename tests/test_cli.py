@@ -237,7 +237,7 @@ def test_simulate_rejects_bad_devices_and_faults(idle_site: Path) -> None:
 
 def test_monitor_shows_channels_and_buses(live_site: tuple[Path, Simulation]) -> None:
     path, _ = live_site
-    r = invoke("--site", str(path), "monitor", "--duration", "1.5", "--device", "hv_0")
+    r = invoke("--site", str(path), "monitor", "--duration", "2.5", "--device", "hv_0")
     assert r.exit_code == 0, r.output
     lines = r.stdout.splitlines()
     assert lines[0].startswith("emsbms monitor · cli  1 device  1 bus ")
