@@ -7,6 +7,7 @@ The library's claim timers run on wall-clock deadlines, so `now` is taken from t
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 from typing import Any
@@ -255,8 +256,22 @@ def test_on_request_groups_are_requested_once_the_edge_has_an_address() -> None:
                                   identity_number=0xE05).to_bytes(8, "little").hex()) in sent
     assert (0x18EAF3E0, "5dfc00") in sent and (0x18EAF3E0, "5efc00") in sent
     assert values(out2)["bms/EdgeAddress"] == EDGE
-    # not again before the interval (60 s)
-    assert not [f for f in a.tick(later + 5_000_000).frames if f.arbitration_id == 0x18EAF3E0]
+
+    def requests(t: int) -> list[str]:
+        return [bytes(f.data).hex() for f in a.tick(t).frames if f.arbitration_id == 0x18EAF3E0]
+
+    assert requests(later + 500_000) == []
+    assert requests(later + 1_100_000) == ["5dfc00", "5efc00"]  # unanswered: asked again after 1 s
+    # HVES1CFG arrives (BAM); HVES1HIST does not
+    t = later + 1_200_000
+    a.on_frame(frame(0x18ECFFF3, "20100003ff5dfc00", t), t)
+    for i, part in enumerate((CFG[0:14], CFG[14:28], CFG[28:32] + "ffffffffff")):
+        a.on_frame(frame(0x1CEBFFF3, f"0{i + 1}" + part, t), t)
+    assert requests(later + 2_200_000) == []
+    assert requests(later + 3_200_000) == ["5efc00"]  # then after 2 s, 4 s, ... (up to the interval)
+    assert requests(later + 30_000_000) == ["5efc00"]
+    assert requests(later + 59_000_000) == ["5efc00"]  # HVES1CFG (answered): once a minute
+    assert "5dfc00" in requests(later + 61_300_000)
 
 
 # -- NAME and addresses ---------------------------------------------------------------------------
@@ -356,6 +371,28 @@ def test_dm11_request_with_ack_and_nack() -> None:
     assert status is CommandStatus.ACKED and "ACK of PGN 0xFED3 from address 0xF3" in detail
     status, detail = plan.ack(ack(1, 0xFED3)) or (None, "")
     assert status is CommandStatus.REJECTED and detail.startswith("NACK")
+
+
+def test_a_command_written_while_claiming_waits_for_the_claim() -> None:
+    a = make(source_address=0xF3)
+    plan = a.plan_command("ResetFaults", 1, now_us())  # the edge has no address yet
+    assert plan.frames == [] and plan.execute is not None
+    execute = plan.execute
+    outcome: list[tuple[CommandStatus, str]] = []
+    writer = threading.Thread(target=lambda: outcome.append(execute(10.0)))
+    writer.start()
+    t = now_us() + 2_000_000
+    sent: list[tuple[int, str]] = []
+    for _ in range(500):  # the dispatcher's ticks: the claim, then the command
+        sent += [x for x in ids(a.tick(t).frames) if x == (0x18EAF3E0, "d3fe00")]
+        if sent:
+            break
+        t += 10_000
+        time.sleep(0.002)
+    assert sent == [(0x18EAF3E0, "d3fe00")] and a.stack.edge_address == EDGE
+    a.on_frame(ack(0, 0xFED3), now_us())
+    writer.join(5.0)
+    assert outcome and outcome[0][0] is CommandStatus.ACKED
 
 
 def test_proprietary_a_setpoint_frame() -> None:

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import random
+import signal
+import subprocess
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import can
@@ -14,6 +19,7 @@ import j1939
 import pytest
 
 from emsbms import Edge
+from emsbms.demo import site_toml
 from emsbms.discovery.j1939 import J1939Node, scan_j1939
 from emsbms.protocols.j1939_stack import GuardedCA
 from emsbms.registry import Snapshot
@@ -22,6 +28,7 @@ from emsbms.sim.runner import Simulation
 from emsbms.site import Site, parse_site
 from emsbms.types import AlarmLevel, CommandStatus, CommState
 from tests.conftest import virtual_site
+from tests.test_cross_process import GROUP, emsbms_command, run_cli
 
 BMS_NAME = 0x9000A0005CA01F3A
 DEVICE = {"name": "bms_0", "bus": "can0", "profile": "j1939-hvess", "j1939_name": BMS_NAME}
@@ -59,6 +66,8 @@ def sim_edge() -> Iterator[tuple[Simulation, Edge]]:
 
 def test_values_requested_groups_and_commands(sim_edge: tuple[Simulation, Edge]) -> None:
     sim, edge = sim_edge
+    result = edge.write("bms_0/SetChargeCurrent", 42.0, 5.0)  # at once: it waits for the address claims
+    assert result.status is CommandStatus.ACKED, result.detail
     assert edge.read("bms_0/Soc", 5.0).value == pytest.approx(40.0, abs=0.5)
     assert edge.read("bms_0/Soh", 5.0).value == pytest.approx(98.0, abs=0.4)  # HVES1HIST, by BAM
     assert edge.read("bms_0/NominalVoltage", 5.0).value == pytest.approx(614.4)  # HVES1CFG, by BAM
@@ -66,8 +75,6 @@ def test_values_requested_groups_and_commands(sim_edge: tuple[Simulation, Edge])
     assert edge.read("bms_0/ChargeMaxVoltage", 5.0).value == pytest.approx(700.8)
     assert 500.0 < edge.read("bms_0/Voltage", 5.0).value < 720.0
     assert edge.read("bms_0/EdgeAddress", 5.0).value == 0xE0
-    result = edge.write("bms_0/SetChargeCurrent", 42.0, 3.0)
-    assert result.status is CommandStatus.ACKED, result.detail
     assert until(edge, lambda s: s.value("bms_0/ChargeMaxCurrent") == pytest.approx(42.0))
     result = edge.write("bms_0/Connect", 0, 3.0)
     assert result.status is CommandStatus.ACKED and "BusConnectionStatus = 0" in result.detail
@@ -184,3 +191,36 @@ def test_claim_storm_guard_on_a_bus_that_echoes(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(GuardedCA, "_process_addressclaim", j1939.ControllerApplication._process_addressclaim)
     storm, _ = count_claims(echoing_site(), 1.0)
     assert storm > 50
+
+
+@pytest.mark.slow
+def test_cross_process_over_udp_multicast(tmp_path: Path) -> None:
+    """`emsbms simulate` and `emsbms read`/`write` in separate processes; udp_multicast echoes every
+    sender's own frames, so both ECUs see their own claims (the guard keeps them from storming)."""
+    port = random.Random(os.getpid() ^ time.time_ns()).randrange(48000, 49990)
+    site = tmp_path / "site.toml"
+    site.write_text(site_toml({
+        "site": {"org": "test", "name": "j1939"},
+        "bus": [{"name": "can0", "interface": "udp_multicast", "channel": GROUP, "port": port}],
+        "device": [DEVICE],
+    }), encoding="utf-8")
+    sim = subprocess.Popen([*emsbms_command(), "--site", str(site), "simulate", "--duration", "60"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        r = run_cli(site, "read", "bms_0/Soc", "bms_0/Soh", "bms_0/SourceAddress", "--json", "--timeout", "20")
+        assert r.returncode == 0, r.stderr
+        doc = json.loads(r.stdout)
+        assert doc["bms_0/Soc"]["value"] == pytest.approx(40.0, abs=1.0) and doc["bms_0/Soc"]["unit"] == "%"
+        assert doc["bms_0/Soh"]["value"] == pytest.approx(98.0, abs=0.4)
+        assert doc["bms_0/SourceAddress"]["value"] == 0xF3
+        r = run_cli(site, "write", "bms_0/ResetFaults", "1", "--json", "--timeout", "10")
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["status"] == "acked"
+    finally:
+        sim.send_signal(signal.SIGTERM)
+        try:
+            _, err = sim.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            sim.kill()
+            _, err = sim.communicate()
+    assert sim.returncode == 0, err

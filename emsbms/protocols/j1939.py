@@ -24,11 +24,11 @@ from emsbms.errors import CommandRejected, ConfigError, ProfileError
 from emsbms.profile.models import HexInt
 from emsbms.protocols.base import EMPTY, AckCheck, Adapter, CommandPlan, DeviceConfig, Output
 from emsbms.protocols.dbc import validate_command_value
-from emsbms.protocols.j1939_dm import LAMPS, AckControl, Dtc, LampState, dtcs_json, parse_ack, parse_dm1
+from emsbms.protocols.j1939_commands import PendingCommands, ack_check
+from emsbms.protocols.j1939_dm import LAMPS, Dtc, LampState, dtcs_json, parse_dm1
 from emsbms.protocols.j1939_names import (
     MAX_CLAIMABLE,
     NAME_FIELDS,
-    PGN_ACKNOWLEDGEMENT,
     PGN_DM1,
     pgn_and_destination,
 )
@@ -51,6 +51,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _NAME_MAX = (1 << 64) - 1
+CLAIM_SETTLE_US = 300_000
+"""Wait after a device claims before requesting from it (it may not answer during its 250 ms veto)."""
+FIRST_RETRY_US = 1_000_000
 
 
 # -- options --------------------------------------------------------------------------------------
@@ -216,9 +219,28 @@ class _Route:
 
 @dataclass(slots=True)
 class _Request:
+    """An on-request PG: asked for every `interval_us`, and again sooner while unanswered."""
+
     pgn: int
     interval_us: int
     next_us: int = 0
+    retry_us: int = FIRST_RETRY_US
+    answered: bool = False
+
+    def due(self, now_us: int) -> None:
+        """Note a request sent now: retry with doubling delays until answered, then the interval."""
+        self.answered = False
+        self.next_us = now_us + min(self.retry_us, self.interval_us)
+        self.retry_us = min(2 * self.retry_us, self.interval_us)
+
+    def reply(self, now_us: int) -> None:
+        if not self.answered:
+            self.answered = True
+            self.retry_us = FIRST_RETRY_US
+            self.next_us = max(self.next_us, now_us + self.interval_us)
+
+    def restart(self, at_us: int) -> None:
+        self.next_us, self.retry_us, self.answered = at_us, FIRST_RETRY_US, False
 
 
 @dataclass(slots=True)
@@ -263,12 +285,14 @@ class J1939Adapter(Adapter):
         self._by_name: dict[str, _Route] = {}
         self._requests: list[_Request] = []
         self._build_routes(edge.request_interval_s)
+        self._request_of = {r.pgn: r for r in self._requests}
         if self.options.dm1_period_ms is not None:
             self.supervisor.watch(PGN_DM1, int(self.options.dm1_period_ms * 1000), self._dm1_addresses())
         self._alarm_slots = {name: [0] * len(al.sources) for name, al in m.alarms.items()}
         self.active_dtcs: tuple[Dtc, ...] = ()
         self._active: dict[str, _Active] = {}
         self._pending: list[Sample] = []
+        self._later = PendingCommands()
         self._edge_seen: int | None = -1
         self._missing = False
         self._start_us = 0
@@ -367,6 +391,8 @@ class J1939Adapter(Adapter):
         return Output(samples=samples, frames=self.stack.drain())
 
     def on_frame(self, msg: can.Message, now_us: int) -> Output | None:
+        if self._later:
+            self._later.offer(msg)
         used = self.stack.receive(msg)
         mine = self.stack.take(self)
         frames = self.stack.drain()
@@ -386,6 +412,8 @@ class J1939Adapter(Adapter):
         samples += self._edge_state(now_us)
         samples += self._claim_state(now_us)
         self._send_requests(now_us)
+        if self._later and self.stack.edge_address is not None and self.address is not None:
+            self.stack.outbox.extend(self._later.run())
         stale = self._send_cyclic(now_us)
         sup_samples, went_stale = self.supervisor.tick(now_us)
         return Output(samples=samples + sup_samples, frames=self.stack.drain(), stale=stale + went_stale)
@@ -404,8 +432,8 @@ class J1939Adapter(Adapter):
         log.info("%s: NAME %s now at address %s (was %s)", self.device_name,
                  f"0x{self.j1939_name:016X}" if self.j1939_name is not None else "-", new, self.address)
         self.address = new
-        for r in self._requests:
-            r.next_us = 0  # a (re)claimed device: ask for its on-request groups again
+        for r in self._requests:  # a (re)claimed device: ask again once its claim has settled
+            r.restart(self.stack.clock_us + CLAIM_SETTLE_US)
         self._pending.append(self._address_sample(self.stack.clock_us))
 
     def _address_sample(self, ts: int) -> Sample:
@@ -425,7 +453,7 @@ class J1939Adapter(Adapter):
         self._edge_seen = edge
         if edge is not None:
             for r in self._requests:
-                r.next_us = 0
+                r.restart(now_us)
         q = Quality.OK if edge is not None else Quality.NOT_AVAILABLE
         return [Sample(self.prefix + "EdgeAddress", edge, now_us, q)]
 
@@ -447,7 +475,7 @@ class J1939Adapter(Adapter):
             return
         for r in self._requests:
             if now_us >= r.next_us:
-                r.next_us = now_us + r.interval_us
+                r.due(now_us)
                 self.stack.ca.send_request(0, r.pgn, self.address)
 
     # -- decoding ----------------------------------------------------------------------------
@@ -470,6 +498,9 @@ class J1939Adapter(Adapter):
         transition = self.supervisor.seen(pgn, timestamp_us)
         if transition:
             samples.extend(transition)
+        request = self._request_of.get(pgn)
+        if request is not None:
+            request.reply(timestamp_us)
         return Output(samples=samples)
 
     def _values(self, route: _Route, data: bytes, n: int, ts: int) -> list[Sample]:
@@ -538,6 +569,15 @@ class J1939Adapter(Adapter):
             raise CommandRejected(f"{self.device_name} has no command {name!r}; known: "
                                   f"{', '.join(sorted(self.command_names)) or 'none'}")
         value = validate_command_value(self.device_name, name, cmd, value)
+        if self.stack.edge_address is not None and self.address is not None:
+            return self._plan_now(name, value)
+        self._addresses_for_command(name, waiting_allowed=True)  # rejects if no address can come
+        return CommandPlan(command=name, value=value, frames=[], detail="waiting for the J1939 address claims",
+                           execute=self._later.execute_later(lambda: self._plan_now(name, value)))
+
+    def _plan_now(self, name: str, value: float) -> CommandPlan:
+        """Encode and capture the frames of a command (both addresses are known)."""
+        cmd = self.profile.model.commands[name]
         edge, bms = self._addresses_for_command(name)
         if name in self._active:  # a cyclic command already running repeats the new value from now on
             self._active[name].value = value
@@ -556,15 +596,17 @@ class J1939Adapter(Adapter):
             ack = self._echo_check(cmd.ack.message or "", cmd.ack.signal or "", value, cmd.ack.tolerance, bms)
         return CommandPlan(command=name, value=value, frames=frames, ack=ack)
 
-    def _addresses_for_command(self, name: str) -> tuple[int, int]:
-        edge = self.stack.edge_address
-        if edge is None:
+    def _addresses_for_command(self, name: str, waiting_allowed: bool = False) -> tuple[int, int]:
+        """(edge, device) addresses; raises CommandRejected unless both are known (or, when
+        `waiting_allowed`, still expected: the edge is claiming, the NAME not yet overdue)."""
+        edge, bms = self.stack.edge_address, self.address
+        if edge is None and not (waiting_allowed and self.stack.ca.claiming):
             raise CommandRejected(f"{self.device_name}/{name}: the edge holds no J1939 address on bus"
-                                  f" {self.device.bus} (still claiming, or lost its claim): nothing sent")
-        if self.address is None:
+                                  f" {self.device.bus} (it lost its claim): nothing sent")
+        if bms is None and not (waiting_allowed and self.j1939_name is not None and not self._missing):
             raise CommandRejected(f"{self.device_name}/{name}: NAME 0x{self.j1939_name or 0:016X} holds no"
                                   " address: nothing sent")
-        return edge, self.address
+        return edge or 0, bms or 0
 
     def _send_message(self, message_name: str, overrides: dict[str, float]) -> None:
         """Encode a command message (active setpoints, else not available) and send it via the CA."""
@@ -646,23 +688,3 @@ class J1939Adapter(Adapter):
             self._active[plan.command] = _Active(plan.value, now_us + int(cmd.ttl_s * 1_000_000), period,
                                                  now_us + period)
         return Output(samples=[Sample(self.prefix + plan.command, plan.value, now_us)])
-
-
-def ack_check(pgn: int, bms: int, edge: int) -> AckCheck:
-    """Recognise the device's acknowledgement (PGN 0xE800) of `pgn`: ACK acks, anything else rejects."""
-
-    def check(msg: can.Message) -> tuple[CommandStatus, str] | None:
-        if not msg.is_extended_id:
-            return None
-        got_pgn, da, sa = pgn_and_destination(msg.arbitration_id)
-        if got_pgn != PGN_ACKNOWLEDGEMENT or sa != bms or da not in (edge, 0xFF):
-            return None
-        ack = parse_ack(msg.data)
-        if ack is None or ack.pgn != pgn or ack.address not in (edge, 0xFF):
-            return None
-        if ack.control == AckControl.ACK:
-            return CommandStatus.ACKED, f"ACK of PGN 0x{pgn:04X} from address 0x{bms:02X}"
-        reason = ack.control.name if isinstance(ack.control, AckControl) else f"control byte {ack.control}"
-        return CommandStatus.REJECTED, f"{reason} of PGN 0x{pgn:04X} from address 0x{bms:02X}"
-
-    return check

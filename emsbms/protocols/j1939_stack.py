@@ -119,6 +119,11 @@ class GuardedCA(j1939.ControllerApplication):  # type: ignore[misc]
         return int(self._device_address) if self._device_address_state == _State.NORMAL else None
 
     @property
+    def claiming(self) -> bool:
+        """True while a claim is under way (not yet sent, or in its veto time)."""
+        return self._device_address_state in (_State.NONE, _State.WAIT_VETO)
+
+    @property
     def claiming_address(self) -> int | None:
         """The address announced or held (frames from it are ours)."""
         if self._device_address_state in (_State.NORMAL, _State.WAIT_VETO):
