@@ -186,7 +186,8 @@ def count_claims(site: Site, seconds: float) -> tuple[int, Any]:
 
 def test_claim_storm_guard_on_a_bus_that_echoes(monkeypatch: pytest.MonkeyPatch) -> None:
     claims, address = count_claims(echoing_site(), 1.5)
-    assert claims == 1 and address == 0xE0
+    # one claim (a second only if the echo of our start request from 254 came after the claim)
+    assert 1 <= claims <= 2 and address == 0xE0
     # the same bus without the guard: can-j1939 answers its own echo, again and again
     monkeypatch.setattr(GuardedCA, "_process_addressclaim", j1939.ControllerApplication._process_addressclaim)
     storm, _ = count_claims(echoing_site(), 1.0)
