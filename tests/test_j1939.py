@@ -159,6 +159,8 @@ def test_short_frame_is_an_error_output() -> None:
 def test_device_needs_a_name_or_an_address() -> None:
     with pytest.raises(ConfigError, match=r"needs j1939_name .* or source_address"):
         J1939Adapter(DeviceConfig("bms", "can-x", "j1939-hvess"), PROFILE)
+    with pytest.raises(ConfigError, match="id_offset has no meaning for a j1939 device"):
+        J1939Adapter(DeviceConfig("bms", "can-z", "j1939-hvess", source_address=1, id_offset=0x10), PROFILE)
     with pytest.raises(ConfigError, match=r"options\.edge_address"):
         J1939Adapter(DeviceConfig("bms", "can-y", "j1939-hvess", source_address=1, options={"edge_address": 300}),
                      PROFILE)

@@ -272,6 +272,9 @@ class J1939Adapter(Adapter):
             edge = EdgeOptions.model_validate(device.options)
         except ValidationError as e:
             raise ConfigError(f"device {device.name!r}: {_pydantic_text('options', e)}") from e
+        if device.id_offset:
+            raise ConfigError(f"device {device.name!r}: id_offset has no meaning for a j1939 device (found"
+                              f" {device.id_offset}); it is addressed by j1939_name or source_address")
         if device.j1939_name is None and device.source_address is None:
             raise ConfigError(f"device {device.name!r}: a j1939 device needs j1939_name (preferred) or"
                               " source_address; found neither")

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -135,7 +135,7 @@ class J1939Simulator(DeviceSimulator):
         self._dm1_sent: tuple[Dtc, ...] | None = None
         self._next_dm1 = 0.0
         self._energy = [0.0, 0.0]  # discharged, charged kWh
-        self.received: list[tuple[int, int]] = []  # (pgn, source) of every command frame handled
+        self.received: Counter[int] = Counter()  # command frames handled, by PGN
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -328,10 +328,10 @@ class J1939Simulator(DeviceSimulator):
         raw = bytes(data)
         with self._lock:
             if pgn == PGN_HVES1C1 and raw:
-                self.received.append((pgn, sa))
+                self.received[pgn] += 1
                 self._connect_command(raw[0] & 3, time.monotonic())
             elif pgn == PGN_PROPRIETARY_A and len(raw) >= 6:
-                self.received.append((pgn, sa))
+                self.received[pgn] += 1
                 self._setpoints(raw)
                 self._send(0xE800, 6, ack_payload(AckControl.ACK, PGN_PROPRIETARY_A, sa))
 
@@ -360,7 +360,7 @@ class J1939Simulator(DeviceSimulator):
             return
         with self._lock:
             if pgn == PGN_DM11:
-                self.received.append((pgn, src))
+                self.received[pgn] += 1
                 self._dm11(src)
             elif pgn == PGN_DM1:
                 self._queue_or_send(PGN_DM1, 6, self._dm1(tuple(sorted(self._latched.values()))))
