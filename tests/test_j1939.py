@@ -159,6 +159,10 @@ def test_short_frame_is_an_error_output() -> None:
 def test_device_needs_a_name_or_an_address() -> None:
     with pytest.raises(ConfigError, match=r"needs j1939_name .* or source_address"):
         J1939Adapter(DeviceConfig("bms", "can-x", "j1939-hvess"), PROFILE)
+    hex_named = J1939Adapter(DeviceConfig("bms", "can-h", "j1939-hvess", j1939_name="0x9000A0005CA01F3A"), PROFILE)
+    assert hex_named.j1939_name == BMS_NAME  # "0x.." strings (JSON has no hex) are accepted
+    with pytest.raises(ConfigError, match=r"source_address: expected 0\.\.0xfd, found 0x100"):
+        J1939Adapter(DeviceConfig("bms", "can-w", "j1939-hvess", source_address=256), PROFILE)
     with pytest.raises(ConfigError, match="id_offset has no meaning for a j1939 device"):
         J1939Adapter(DeviceConfig("bms", "can-z", "j1939-hvess", source_address=1, id_offset=0x10), PROFILE)
     with pytest.raises(ConfigError, match=r"options\.edge_address"):

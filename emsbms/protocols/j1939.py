@@ -30,6 +30,7 @@ from emsbms.protocols.j1939_names import (
     MAX_CLAIMABLE,
     NAME_FIELDS,
     PGN_DM1,
+    as_int,
     pgn_and_destination,
 )
 from emsbms.protocols.j1939_stack import DEFAULT_EDGE_ADDRESS, DEFAULT_EDGE_NAME, J1939Stack, stack_for
@@ -251,6 +252,17 @@ class _Active:
     next_us: int
 
 
+def device_addressing(device: DeviceConfig) -> tuple[int | None, int | None]:
+    """(NAME, source address) of a device; "0x.." strings are accepted. Raises ConfigError."""
+    try:
+        name = None if device.j1939_name is None else as_int(device.j1939_name, "j1939_name", _NAME_MAX)
+        address = (None if device.source_address is None
+                   else as_int(device.source_address, "source_address", MAX_CLAIMABLE))
+    except ValueError as e:
+        raise ConfigError(f"device {device.name!r}: {e}") from e
+    return name, address
+
+
 def message_pgn(frame_id: int) -> int:
     """The PGN of a DBC message's 29-bit ID (destination zeroed for PDU1)."""
     return pgn_and_destination(frame_id & 0x1FFFFFFF)[0]
@@ -275,11 +287,12 @@ class J1939Adapter(Adapter):
         if device.id_offset:
             raise ConfigError(f"device {device.name!r}: id_offset has no meaning for a j1939 device (found"
                               f" {device.id_offset}); it is addressed by j1939_name or source_address")
-        if device.j1939_name is None and device.source_address is None:
+        name, address = device_addressing(device)
+        if name is None and address is None:
             raise ConfigError(f"device {device.name!r}: a j1939 device needs j1939_name (preferred) or"
                               " source_address; found neither")
-        self.j1939_name = device.j1939_name
-        self.fixed_address = device.source_address if device.j1939_name is None else None
+        self.j1939_name = name
+        self.fixed_address = address if name is None else None
         self.stack: J1939Stack = stack_for(device.bus, device.name, edge.edge_name, edge.edge_address)
         self.address: int | None = self._resolve()
         m = profile.model

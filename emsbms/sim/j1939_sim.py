@@ -31,7 +31,7 @@ import can
 import j1939
 
 from emsbms.protocols.base import DeviceConfig
-from emsbms.protocols.j1939 import message_pgn, profile_options
+from emsbms.protocols.j1939 import device_addressing, message_pgn, profile_options
 from emsbms.protocols.j1939_dm import AckControl, Dtc, LampState, ack_payload, dm1_payload
 from emsbms.protocols.j1939_names import (
     ADDRESS_GLOBAL,
@@ -106,10 +106,9 @@ class J1939Simulator(DeviceSimulator):
         super().__init__(device, profile, bus, model)
         opts = profile_options(profile)
         demo = opts.demo_device
-        self.preferred_address = device.source_address if device.source_address is not None else (
-            demo.source_address if demo else DEFAULT_ADDRESS)
-        self.name = device.j1939_name if device.j1939_name is not None else (
-            demo.j1939_name if demo else DEFAULT_NAME)
+        name, address = device_addressing(device)
+        self.preferred_address = address if address is not None else (demo.source_address if demo else DEFAULT_ADDRESS)
+        self.name = name if name is not None else (demo.j1939_name if demo else DEFAULT_NAME)
         for key, value in opts.simulator.model_dump(exclude_none=True).items():
             setattr(model, key, value)
             if key in ("charge_max_current", "discharge_max_current"):
