@@ -136,6 +136,20 @@ def test_identical_bms_on_two_buses() -> None:
         assert value(edge, "bms_0/SourceAddress") == value(edge, "bms_1/SourceAddress") == 0xF3
 
 
+def test_two_bms_on_one_bus_share_one_edge_ecu() -> None:
+    other = {"name": "bms_1", "bus": "can0", "profile": "j1939-hvess", "j1939_name": BMS_NAME + 1,
+             "source_address": 0xF4}
+    site = virtual_site(["can0"], [DEVICE, other])
+    with Simulation(site), Edge(site) as edge:
+        assert edge.read("bms_0/Soc", 5.0).value == pytest.approx(40.0, abs=0.5)
+        assert edge.read("bms_1/Soc", 5.0).value == pytest.approx(57.0, abs=0.5)
+        assert edge.read("bms_1/Soh", 5.0).value == pytest.approx(98.0, abs=0.4)
+        assert edge.adapters["bms_0"].stack is edge.adapters["bms_1"].stack  # type: ignore[attr-defined]
+        assert value(edge, "bms_0/SourceAddress") == 0xF3 and value(edge, "bms_1/SourceAddress") == 0xF4
+        assert value(edge, "bms_0/EdgeAddress") == value(edge, "bms_1/EdgeAddress") == 0xE0
+        assert value(edge, "can0/UnknownIds") == 0
+
+
 def test_scan_lists_names_and_profiles() -> None:
     site = virtual_site(["can0"], [DEVICE])
     with Simulation(site) as sim:
