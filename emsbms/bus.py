@@ -132,7 +132,6 @@ class BusRunner:
                     self.state = self._state_of(self._bus)
                     self.reopens += 1
                     log.info("bus %s reopened", self.name)
-                    backoff = 0.05
                 except Exception as e:
                     self.last_error = str(e)
                 continue
@@ -141,6 +140,7 @@ class BusRunner:
             except Exception as e:
                 self._fail(e)
                 continue
+            backoff = 0.05  # reset only once the bus works: a downed SocketCAN link opens fine, then fails
             if msg is None:
                 continue
             if not msg.timestamp:

@@ -35,6 +35,7 @@ MODULES = ("virtio_pci", "9pnet_virtio", "9p", "can", "can_raw", "can_bcm", "can
 HOST_TOOLS = ("cansend", "candump", "ip")
 READY = "@@emsbms-vm-ready"
 DONE = "@@emsbms-vm-done"
+GUEST_IO = "/run/vmio"  # where the command sees run()'s io_dir
 EXIT_TIMEOUT = 124
 EXIT_NO_VM = 125
 
@@ -225,7 +226,7 @@ def build_initramfs(kernel: Kernel, out: Path) -> None:
 
 def _command_script(command: str, env: Mapping[str, str]) -> str:
     base = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/tmp/home",
-            "LANG": "C.UTF-8", "TERM": "dumb", "EMSBMS_IN_VM": "1", **env}
+            "LANG": "C.UTF-8", "TERM": "dumb", "EMSBMS_IN_VM": "1", "EMSBMS_VM_IO": GUEST_IO, **env}
     exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in base.items())
     return f"{exports}cd {shlex.quote(str(REPO))} || exit 125\nexec 2>&1\n{command}\n"
 
@@ -252,15 +253,21 @@ def run(
     smp: int = 2,
     env: Mapping[str, str] | None = None,
     on_line: Callable[[str], None] | None = None,
+    io_dir: Path | None = None,
 ) -> VmResult:
-    """Boot the VM, run COMMAND (a /bin/sh command line) in the repo root, and return its result."""
+    """Boot the VM, run COMMAND (a /bin/sh command line) in the repo root, and return its result.
+
+    The command sees `io_dir` (default: a temporary directory) read-write at /run/vmio: files it
+    writes there (e.g. a JUnit XML report) are on the host afterwards.
+    """
     reason = unavailable_reason()
     if reason:
         raise HarnessUnavailable(reason)
     kernel = find_kernel()
     with tempfile.TemporaryDirectory(prefix="emsbms-vm-") as tmp:
-        vmio = Path(tmp) / "io"
-        vmio.mkdir()
+        vmio = io_dir or Path(tmp) / "io"
+        vmio.mkdir(parents=True, exist_ok=True)
+        (vmio / "rc").unlink(missing_ok=True)
         (vmio / "command.sh").write_text(_command_script(command, env or {}))
         initramfs = Path(tmp) / "initramfs.cpio"
         build_initramfs(kernel, initramfs)
