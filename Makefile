@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint bench schema clean
+.PHONY: demo test lint bench schema clean vm-prepare
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ test: $(STAMP)
 	$(BIN)/ruff check emsbms tests
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
+
+# the SocketCAN test tier's VM (root: apt-get); without it `make test` skips the tier
+vm-prepare:
+	bash tools/vm/prepare.sh
 
 bench: $(STAMP)
 	$(BIN)/python -m emsbms.bench

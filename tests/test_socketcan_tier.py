@@ -13,6 +13,7 @@ import shlex
 import socket
 import sys
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -69,7 +70,7 @@ def skip_or_fail(reason: str) -> None:
     pytest.skip(f"SocketCAN tier not run: {reason}")
 
 
-def test_socketcan_tier_in_vm(tmp_path: Path, record_property: pytest.RecordProperty) -> None:
+def test_socketcan_tier_in_vm(tmp_path: Path, record_property: Callable[[str, object], None]) -> None:
     if os.environ.get("EMSBMS_IN_VM"):
         pytest.skip("already inside the VM")
     if host_has_socketcan():

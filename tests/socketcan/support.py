@@ -112,7 +112,8 @@ class Candump:
         self.proc = subprocess.Popen(["candump", "-L", *ifaces], stdout=self._out, stderr=subprocess.PIPE)
         time.sleep(0.3)  # let it bind before anything is sent
         if self.proc.poll() is not None:
-            raise AssertionError(f"candump exited {self.proc.returncode}: {self.proc.stderr.read().decode()}")
+            _, err = self.proc.communicate()
+            raise AssertionError(f"candump exited {self.proc.returncode}: {err.decode()}")
 
     def stop(self) -> list[DumpedFrame]:
         self.proc.send_signal(signal.SIGINT)  # candump flushes and exits on SIGINT

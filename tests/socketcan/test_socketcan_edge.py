@@ -75,21 +75,32 @@ def test_edge_timestamps_are_the_kernel_timestamps(
     (iface,) = vcans.add(1)
     site = socketcan_site({"lv": iface}, [{"name": "pylon", "bus": "lv", "profile": "pylon-lv"}])
     seen: dict[float, Reading] = {}
+
+    def on_voltage(address: str, reading: Reading) -> None:
+        if isinstance(reading.value, float):
+            seen.setdefault(reading.value, reading)
+
+    def has(volts: float) -> Callable[[], bool]:
+        return lambda: any(abs(v - volts) < 1e-9 for v in seen)
+
     dump = candump([iface])
     with Edge(site) as edge:
-        edge.subscribe("pylon/Voltage", lambda address, r: r.value is not None and seen.setdefault(float(r.value), r))
+        edge.subscribe("pylon/Voltage", on_voltage)
         for k in range(5):
             # 0x356 voltage 5000 + k (x 0.01 V), current and temperature 0
             raw = 5000 + k
             sh("cansend", iface, f"356#{raw & 0xFF:02X}{raw >> 8:02X}00000000")
-            assert wait_until(lambda k=k: any(abs(v - (50.0 + k / 100)) < 1e-9 for v in seen)), (k, seen)
+            assert wait_until(has(raw / 100)), (k, seen)
     frames = [f for f in dump.stop() if f.can_id == 0x356]
 
     assert len(frames) == 5, frames
+    differences = []
     for f in frames:
         volts = u16(f.data, 0) / 100
         reading = next(r for v, r in seen.items() if abs(v - volts) < 1e-9)
-        assert abs(reading.timestamp_us - f.timestamp_us) <= 1000, (f, reading)
+        differences.append(reading.timestamp_us - f.timestamp_us)
+    log.info("edge - candump timestamps: %s us", differences)
+    assert all(abs(d) <= 1000 for d in differences), differences
 
 
 def test_interface_down_and_up(vcans: Vcans, cansend_loop: Callable[..., CansendLoop]) -> None:
@@ -102,8 +113,7 @@ def test_interface_down_and_up(vcans: Vcans, cansend_loop: Callable[..., Cansend
         assert edge.read("pylon/Voltage", timeout=WAIT_S).value == pytest.approx(52.31)
         # python-can's SocketCAN bus reports no controller state: UNKNOWN, never a guessed ERROR_ACTIVE
         assert edge.snapshot().value("lv/State") is BusState.UNKNOWN
-        reopens = edge.snapshot().value("lv/Reopens")
-        assert reopens == 0
+        assert edge.snapshot().value("lv/Reopens") == 0
 
         sh("ip", "link", "set", iface, "down")
         assert wait_until(lambda: BusState.DOWN in states), states
@@ -114,12 +124,13 @@ def test_interface_down_and_up(vcans: Vcans, cansend_loop: Callable[..., Cansend
                  down.value("lv/Reopens"), len(states))
         # a downed link opens fine and fails at the first recv: the retries back off (50 ms doubling)
         # instead of reopening every 50 ms (about 25 reopens in these 2 s before the fix)
-        assert 1 <= down.value("lv/Reopens") <= 8  # type: ignore[operator]
+        reopens = down.value("lv/Reopens")
+        assert isinstance(reopens, int) and 1 <= reopens <= 8, reopens
 
         up_us = now_us()
         sh("ip", "link", "set", iface, "up")
         after = edge.read("pylon/Voltage", timeout=WAIT_S, after_us=up_us)
         assert after.value == pytest.approx(52.31)
         assert wait_until(lambda: edge.snapshot().value("lv/State") is BusState.UNKNOWN)
-        final = edge.snapshot()
-    assert final.value("lv/Reopens") >= 1  # type: ignore[operator]
+        final = edge.snapshot().value("lv/Reopens")
+        assert isinstance(final, int) and final > reopens, (reopens, final)  # reopened once the link was up
