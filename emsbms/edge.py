@@ -15,7 +15,7 @@ import can
 from emsbms.bus import BusFactory, BusRunner, open_python_can
 from emsbms.commands import CommandChannel
 from emsbms.dispatch import Dispatcher, now_us
-from emsbms.errors import ConfigError, EmsbmsError, ProfileError, UnknownAddressError
+from emsbms.errors import ConfigError, ProfileError, UnknownAddressError, UnsupportedError
 from emsbms.profile.loader import Profile, load_profile
 from emsbms.protocols import adapter_class
 from emsbms.protocols.base import EXTENDED, Adapter
@@ -207,7 +207,7 @@ class Edge:
         try:
             sample = adapter.fresh(name, timeout)
         except NotImplementedError as e:
-            raise EmsbmsError(f"{address}: cannot read on demand: {e}") from e
+            raise UnsupportedError(f"{address}: cannot read on demand: {e}") from e
         self.registry.apply([sample])
         reading = self.registry.get(address)
         assert reading is not None

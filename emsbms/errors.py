@@ -34,5 +34,9 @@ class BusError(EmsbmsError):
     """A CAN bus could not be opened or failed while in use."""
 
 
+class UnsupportedError(EmsbmsError):
+    """The device's protocol cannot do what was asked (e.g. an on-demand read of a DBC device)."""
+
+
 class DecodeError(EmsbmsError):
     """A frame could not be decoded under its profile."""

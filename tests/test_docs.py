@@ -43,8 +43,9 @@ def documented_names(param: Any) -> list[str]:
     return [o for o in param.opts if o != "--help"]
 
 
-def test_the_command_list_is_complete() -> None:
-    assert {name for name, _ in COMMANDS} == {
+def test_the_contract_commands_exist() -> None:
+    # the names issue 2 fixes as a contract; later commands are checked by the test below
+    assert {name for name, _ in COMMANDS} >= {
         "emsbms demo", "emsbms run", "emsbms simulate", "emsbms read", "emsbms write", "emsbms monitor",
         "emsbms profiles list", "emsbms profiles show", "emsbms profiles validate",
     }

@@ -54,3 +54,17 @@ def test_pylon_frames_decode_exactly_or_are_refused(can_id: int, data: bytes, re
         value = abs(value) if ch.abs else value
         value = bool(value) if ch.type == "bool" else int(value) if ch.type == "int" else value
         assert got[f"bms_0/{name}"] == pytest.approx(value, abs=1e-9)
+
+
+def test_fuzz_command_reports_counts_that_add_up() -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from emsbms.cli import app
+
+    result = CliRunner().invoke(app, ["fuzz", "--frames", "3000", "--seed", "3", "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["frames"] == 3000 and doc["exceptions"] == []
+    assert doc["counted_ok"] + doc["counted_bad"] + doc["counted_unknown"] + doc["counted_error_frames"] == 3000

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from emsbms import __version__
-from emsbms.cli import demo, monitor, profiles, read, run, simulate, write
+from emsbms.cli import demo, fuzz, monitor, profiles, read, run, simulate, write
 from emsbms.cli.common import CliState, ExitCode, setup_logging
 
 app = typer.Typer(
@@ -56,6 +56,7 @@ app.command("simulate")(simulate.command)
 app.command("read")(read.command)
 app.command("write")(write.command)
 app.command("monitor")(monitor.command)
+app.command("fuzz")(fuzz.command)
 app.add_typer(profiles.app, name="profiles")
 
 

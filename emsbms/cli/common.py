@@ -21,7 +21,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
-from emsbms.errors import BusError, ConfigError, EmsbmsError, ProfileError, UnknownAddressError
+from emsbms.errors import BusError, ConfigError, EmsbmsError, ProfileError, UnknownAddressError, UnsupportedError
 from emsbms.site import Site, load_site
 
 P = ParamSpec("P")
@@ -32,7 +32,7 @@ Duration = Annotated[
 ]
 """The --duration option of the long-running commands."""
 
-USAGE_ERRORS = (ConfigError, ProfileError, UnknownAddressError, BusError)
+USAGE_ERRORS = (ConfigError, ProfileError, UnknownAddressError, BusError, UnsupportedError)
 """Errors that mean the command line, site or profile is wrong: exit 2."""
 
 

@@ -24,11 +24,15 @@ def command(
         float, typer.Option("--timeout", metavar="S", min=0.0, help="seconds to wait for every value")
     ] = 5.0,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    fresh: Annotated[
+        bool, typer.Option("--fresh", help="read from the device now (CANopen: SDO upload) instead of waiting")
+    ] = False,
 ) -> None:
     """Wait until each ADDRESS has a value received after the command started, then print them.
 
     Exit 0 if every value arrived, 3 on timeout (the missing ones are named on stderr),
-    2 for an unknown address.
+    2 for an unknown address. With --fresh each value is read from the device on demand
+    (an SDO upload for CANopen devices); protocols without on-demand reads exit 2.
     """
     started = now_us()
     edge = Edge(state(ctx).load_site())
@@ -40,7 +44,8 @@ def command(
         deadline = time.monotonic() + timeout
         for address in dict.fromkeys(addresses):
             try:
-                got[address] = edge.read(address, max(0.0, deadline - time.monotonic()), after_us=started)
+                left = max(0.0, deadline - time.monotonic())
+                got[address] = edge.read(address, left, after_us=started, fresh=fresh)
             except ReadTimeout:
                 missing.append(address)
     _print(addresses, got, as_json)
