@@ -62,7 +62,7 @@ def test_wait_for_fresh_value(reg: Registry) -> None:
     reg.apply([Sample("bms_0/Soc", 10, 100)])
     threading.Timer(0.05, lambda: reg.apply([Sample("bms_0/Soc", 11, 200)])).start()
     assert reg.wait_for("bms_0/Soc", after_us=150, timeout=5.0).value == 11
-    with pytest.raises(ReadTimeout, match="no fresh value of bms_0/Voltage within 0.05 s"):
+    with pytest.raises(ReadTimeout, match=r"no fresh value of bms_0/Voltage within 0\.05 s"):
         reg.wait_for("bms_0/Voltage", after_us=0, timeout=0.05)
 
 
