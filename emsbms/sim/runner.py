@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import zlib
 
 from emsbms.edge import load_profiles
 from emsbms.sim import simulator_class
@@ -20,12 +21,14 @@ class Simulation:
         self.site = site
         profiles = load_profiles(site)
         self.simulators: dict[str, DeviceSimulator] = {}
-        for i, d in enumerate(site.devices):
+        for d in site.devices:
             if devices is not None and d.name not in devices:
                 continue
             profile = profiles[d.name]
-            # different seeds and starting SoC, so identical devices show different values
-            model = BatteryModel(seed=seed + i, soc=40.0 + (17.0 * i) % 50)
+            # seed and starting SoC from the device name: identical devices show different values,
+            # however the devices are grouped into Simulations
+            k = zlib.crc32(d.name.encode())
+            model = BatteryModel(seed=seed + k, soc=30.0 + k % 61)
             cls = simulator_class(profile.protocol)
             self.simulators[d.name] = cls(d, profile, site.bus(d.bus), model)
 
