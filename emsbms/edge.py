@@ -121,6 +121,7 @@ class Edge:
         self._running = False
         self._stop_workers = threading.Event()
         self._workers: list[threading.Thread] = []
+        self._command_listeners: list[Callable[[CommandResult], None]] = []
 
     @classmethod
     def from_site(cls, path: str | Path, **kwargs: Any) -> Edge:
@@ -225,7 +226,26 @@ class Edge:
             known = ", ".join(self.adapters[device].command_names) or "none"
             raise UnknownAddressError(f"{address} is not a command channel; {device} commands: {known}")
         device, name = address.split("/", 1)
-        return self.commands[device].write(name, value, timeout)
+        result = self.commands[device].write(name, value, timeout)
+        for listener in list(self._command_listeners):
+            try:
+                listener(result)
+            except Exception:
+                log.exception("command listener %r raised for %s", listener, address)
+        return result
+
+    def on_command(self, callback: Callable[[CommandResult], None]) -> Callable[[], None]:
+        """Call `callback(result)` after every `write` (on the writer's thread; keep it short).
+
+        Returns a function that removes the callback.
+        """
+        self._command_listeners.append(callback)
+
+        def remove() -> None:
+            if callback in self._command_listeners:
+                self._command_listeners.remove(callback)
+
+        return remove
 
     def snapshot(self) -> Snapshot:
         """A consistent copy of every channel, taken at one instant."""
