@@ -43,7 +43,11 @@ install_tools() {
 
 fetch_kernel() {
     local pkg version deb tmp
-    pkg="$(apt-cache depends "$kernel_meta" | awk '/Depends: linux-image-/ {print $2; exit}')"
+    pkg="$(apt-cache depends "$kernel_meta" 2>/dev/null | awk '/Depends: linux-image-/ {print $2; exit}')"
+    if [ -z "$pkg" ] && [ "$(id -u)" -eq 0 ]; then
+        apt-get update -q >/dev/null  # a fresh machine has no package lists yet
+        pkg="$(apt-cache depends "$kernel_meta" 2>/dev/null | awk '/Depends: linux-image-/ {print $2; exit}')"
+    fi
     if [ -z "$pkg" ]; then
         say "cannot resolve the kernel package $kernel_meta depends on (apt-get update?)"
         exit 1

@@ -170,9 +170,11 @@ def _module_name(path: str) -> str:
 
 
 def module_order(modules: Path, wanted: Iterable[str] = MODULES) -> list[Path]:
-    """The module files to insmod, dependencies first, from modules.dep."""
+    """The module files to insmod, dependencies first, from modules.dep (built-in ones are skipped)."""
     deps: dict[str, list[str]] = {}
     paths: dict[str, str] = {}
+    builtin_file = modules / "modules.builtin"
+    builtin = {_module_name(x) for x in builtin_file.read_text().split()} if builtin_file.is_file() else set()
     for line in (modules / "modules.dep").read_text().splitlines():
         target, _, rest = line.partition(":")
         paths[_module_name(target)] = target
@@ -180,7 +182,7 @@ def module_order(modules: Path, wanted: Iterable[str] = MODULES) -> list[Path]:
     order: list[str] = []
 
     def visit(name: str, chain: tuple[str, ...]) -> None:
-        if name in order:
+        if name in order or (name in builtin and name not in paths):
             return
         if name not in paths:
             raise HarnessUnavailable(f"module {name} (needed by {' <- '.join(chain) or 'the VM'}) "
