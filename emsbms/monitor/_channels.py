@@ -1,0 +1,195 @@
+"""The monitor's channel table: one cell per channel (value and unit, age, quality, sparkline),
+grouped under a header per device, flowed into columns and turned into pages when it does not fit."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from rich.text import Text
+
+from emsbms.monitor._model import (
+    ALARM_STYLE,
+    ALARM_TEXT,
+    COMM_STYLE,
+    QUALITY_STYLE,
+    QUALITY_TEXT,
+    Scene,
+    View,
+    enum_text,
+    level,
+)
+from emsbms.monitor._text import abbreviate, count, fit, fit_text, format_age, format_value, sparkline
+from emsbms.types import Quality, Reading
+
+MIN_CELL = 40
+"""Narrowest channel cell (two columns on 80 characters)."""
+
+MAX_CELL = 64
+"""Widest channel cell: wider terminals get more columns rather than longer sparklines."""
+
+VALUE_W = 11
+AGE_W = 4
+NAME_MAX = 19
+SPARK_MIN = 8
+
+
+@dataclass(frozen=True)
+class CellPlan:
+    """Widths inside one cell: name, value, age and sparkline."""
+
+    width: int
+    name: int
+    spark: int
+
+    @staticmethod
+    def for_width(width: int, longest_name: int) -> CellPlan:
+        rest = max(0, width - VALUE_W - AGE_W - 5)  # 5: the lead space and the gaps between fields
+        name = max(min(10, rest), min(longest_name, NAME_MAX, rest - SPARK_MIN))
+        return CellPlan(width, name, max(0, rest - name))
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One line of the channel table and the device it belongs to."""
+
+    text: Text
+    device: str
+    header: bool = False
+
+
+def _value_cell(name: str, reading: Reading, scene: Scene, plan: CellPlan, prefix: str) -> Text:
+    quality = reading.quality
+    if reading.value is None:
+        value_text = QUALITY_TEXT[quality] if quality is not Quality.OK else "—"
+    else:
+        value_text = format_value(reading.value, reading.unit)
+    cell = Text(" " + fit(abbreviate(name, plan.name), plan.name) + " ")
+    cell.append(fit(value_text, VALUE_W, "right"), style=QUALITY_STYLE[quality])
+    age_style = "yellow" if quality is Quality.STALE else "dim"
+    cell.append(" ")
+    cell.append(fit(format_age(scene.now_us, reading.timestamp_us), AGE_W, "right"), style=age_style)
+    if plan.spark:
+        cell.append(" ")
+        if quality is Quality.OK:
+            points = scene.history.series(prefix + name)
+            cell.append(sparkline(points, scene.now_us, scene.history.window_us, plan.spark), style="cyan")
+        else:
+            cell.append(fit(QUALITY_TEXT[quality], plan.spark), style=QUALITY_STYLE[quality])
+    return fit_text(cell, plan.width)
+
+
+def _alarm_cell(name: str, reading: Reading, scene: Scene, plan: CellPlan) -> Text:
+    lv = level(reading.value)
+    cell = Text(" ")
+    cell.append(fit("!" + abbreviate(name.removeprefix("Alarm/"), plan.name - 1), plan.name), style=ALARM_STYLE[2])
+    cell.append(" ")
+    cell.append(fit(ALARM_TEXT.get(lv, str(lv)), VALUE_W, "right"), style=ALARM_STYLE.get(lv, ""))
+    cell.append(" ")
+    cell.append(fit(format_age(scene.now_us, reading.timestamp_us), AGE_W, "right"), style="dim")
+    return fit_text(cell, plan.width)
+
+
+def device_header(scene: Scene, device: str, width: int, note: str = "") -> Text:
+    """``─ cia418_bms  cia418-bms 1.0.0 · can2 ───── OK``, exactly `width` wide."""
+    comm = scene.snapshot.get(f"{device}/CommState")
+    state = enum_text(comm.value) if comm is not None else ""
+    meta = scene.devices.get(device)
+    detail = " · ".join(x for x in (meta.profile_text, meta.bus) if x) if meta else ""
+    room = width - len(state) - 6
+    head = Text("─ ", style="bold")
+    head.append(fit(device + note, min(len(device + note), max(room, 4))), style="bold")
+    left = room - len(device + note) - 2
+    if detail and left >= 6:
+        head.append("  ")
+        head.append(fit(detail, min(len(detail), left)), style="dim")
+    fill = width - head.cell_len - len(state) - 2
+    head.append(" " + "─" * max(0, fill - 1) + " ", style="bold")
+    head.append(state, style=COMM_STYLE.get(state, ""))
+    return fit_text(head, width)
+
+
+def channel_cells(scene: Scene, view: View, plan: CellPlan) -> list[Cell]:
+    """Every cell of the table: per device a header, its channels, active alarms, and one line
+    summing up the alarms that are ok."""
+    cells: list[Cell] = []
+    for device in view.devices:
+        cells.append(Cell(device_header(scene, device, plan.width), device, header=True))
+        quiet = 0
+        prefix = device + "/"
+        for name, reading in view.channels[device]:
+            if name.startswith("Alarm/"):
+                if level(reading.value) == 0:
+                    quiet += 1
+                else:
+                    cells.append(Cell(_alarm_cell(name, reading, scene, plan), device))
+                continue
+            cells.append(Cell(_value_cell(name, reading, scene, plan, prefix), device))
+        if quiet:
+            cells.append(Cell(Text(fit(f" {count(quiet, 'alarm')} ok", plan.width), style="green"), device))
+    return cells
+
+
+def cell_count(view: View) -> int:
+    """How many cells `channel_cells` makes for `view` (without drawing them)."""
+    total = 0
+    for rows in view.channels.values():
+        quiet = sum(1 for n, r in rows if n.startswith("Alarm/") and level(r.value) == 0)
+        total += 1 + len(rows) - quiet + (1 if quiet else 0)
+    return total
+
+
+def longest_name(view: View) -> int:
+    return max((len(n) for rows in view.channels.values() for n, _ in rows if not n.startswith("Alarm/")),
+               default=10)
+
+
+def choose_columns(width: int, rows: int, cells: int) -> int:
+    """The fewest columns (each at most MAX_CELL wide) that show every cell in `rows` lines; as
+    many as fit (each at least MIN_CELL wide) when none does."""
+    most = max(1, width // MIN_CELL)
+    for columns in range(1, most + 1):
+        if width // columns <= MAX_CELL and columns * rows >= cells:
+            return columns
+    return most
+
+
+def paginate(cells: Sequence[Cell], capacity: int, scene: Scene, width: int) -> list[list[Cell]]:
+    """Split `cells` into pages of at most `capacity` cells, the last place of each page kept
+    for a note; a page that starts inside a device repeats its header."""
+    if len(cells) <= capacity:
+        return [list(cells)]
+    per_page = max(2, capacity - 1)
+    pages: list[list[Cell]] = [[]]
+    for cell in cells:
+        if len(pages[-1]) >= per_page:
+            pages.append([])
+            if not cell.header:
+                pages[-1].append(Cell(device_header(scene, cell.device, width, " (cont.)"), cell.device, True))
+        pages[-1].append(cell)
+    return pages
+
+
+def flow(cells: Sequence[Cell], columns: int, rows: int, cell_w: int, page: int, scene: Scene) -> list[Text]:
+    """Lay cells out column by column in at most `rows` lines; turn to page `page` (modulo the
+    page count) when they do not fit, and say so in the last place."""
+    if rows <= 0 or not cells:
+        return []
+    pages = paginate(cells, columns * rows, scene, cell_w)
+    shown = [c.text for c in pages[page % len(pages)]]
+    if len(pages) > 1:
+        real = sum(1 for c in cells if not c.header)
+        on_page = sum(1 for c in pages[page % len(pages)] if not c.header)
+        note = f" page {page % len(pages) + 1}/{len(pages)} · {real - on_page} more rows"
+        shown.append(Text(fit(note, cell_w), style="reverse"))
+    used_rows = min(rows, math.ceil(len(shown) / columns))
+    lines: list[Text] = []
+    for r in range(used_rows):
+        line = Text()
+        for c in range(columns):
+            i = c * used_rows + r
+            if i < len(shown):
+                line.append_text(shown[i])
+        lines.append(line)
+    return lines

@@ -1,0 +1,134 @@
+"""What the monitor draws from: filters, device metadata, styles, and a snapshot split by device and bus."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+
+from emsbms.events import Event, Severity
+from emsbms.monitor._history import History
+from emsbms.types import Quality, Reading, Value
+
+BUS_MARKER = "RxFrames"
+"""A prefix that publishes this channel is a bus; every other prefix is a device."""
+
+DEVICE_PANE_CHANNELS = ("CommState", "LastSeen")
+"""Shown in the device pane, so left out of the channel table."""
+
+ORDER = (
+    "Soc", "Soh", "Voltage", "Current", "Power", "Temperature", "ChargeMaxVoltage", "DischargeMinVoltage",
+    "ChargeMaxCurrent", "DischargeMaxCurrent", "MinCellVoltage", "MaxCellVoltage", "MinCellTemperature",
+    "MaxCellTemperature", "Capacity", "AllowCharge", "AllowDischarge",
+)
+"""Normalized channels first, in this order; then the others alphabetically; then `LATE`; alarms last."""
+
+LATE = ("DeviceType", "VendorId", "ProductCode", "Revision", "SerialNumber", "EmcyCode", "EmcyRegister",
+        "EmcyText", "Dm1/")
+"""Identity and diagnostic detail (told by the event log too): after the other channels."""
+
+QUALITY_STYLE = {Quality.OK: "green", Quality.STALE: "yellow", Quality.NOT_AVAILABLE: "dim",
+                 Quality.INVALID: "red"}
+QUALITY_TEXT = {Quality.OK: "ok", Quality.STALE: "stale", Quality.NOT_AVAILABLE: "n/a", Quality.INVALID: "invalid"}
+COMM_STYLE = {"OK": "green", "WAITING": "cyan", "STALE": "yellow", "LOST": "bold red"}
+BUS_TEXT = {"ERROR_ACTIVE": "ACTIVE", "ERROR_WARNING": "WARNING", "ERROR_PASSIVE": "PASSIVE",
+            "BUS_OFF": "BUS_OFF", "DOWN": "DOWN", "UNKNOWN": "unknown"}
+BUS_STYLE = {"ERROR_ACTIVE": "green", "UNKNOWN": "dim", "ERROR_WARNING": "yellow",
+             "ERROR_PASSIVE": "red", "BUS_OFF": "bold red", "DOWN": "bold red"}
+ALARM_TEXT = {0: "ok", 1: "warning", 2: "ALARM"}
+ALARM_STYLE = {0: "green", 1: "yellow", 2: "bold red"}
+SEVERITY_STYLE = {Severity.OK: "green", Severity.INFO: "cyan", Severity.WARNING: "yellow",
+                  Severity.ALARM: "bold red"}
+
+
+@dataclass(frozen=True)
+class Filters:
+    """What to show: only these devices and buses (empty: all), and which page of channels
+    when they do not all fit (the caller turns the pages, e.g. every few seconds)."""
+
+    devices: tuple[str, ...] = ()
+    buses: tuple[str, ...] = ()
+    page: int = 0
+
+    def device(self, name: str) -> bool:
+        return not self.devices or name in self.devices
+
+    def bus(self, name: str) -> bool:
+        return not self.buses or name in self.buses
+
+
+@dataclass(frozen=True)
+class DeviceMeta:
+    """What the snapshot does not say about a device: its bus and its profile."""
+
+    bus: str = ""
+    profile: str = ""
+    version: str = ""
+
+    @property
+    def profile_text(self) -> str:
+        return f"{self.profile} {self.version}".strip()
+
+
+@dataclass(frozen=True)
+class Scene:
+    """Everything one frame is drawn from (the monitor builds one per redraw)."""
+
+    snapshot: Mapping[str, Reading]
+    now_us: int
+    history: History = field(default_factory=History)
+    events: tuple[Event, ...] = ()
+    devices: Mapping[str, DeviceMeta] = field(default_factory=dict)
+    events_total: int = 0
+
+
+@dataclass
+class View:
+    """The scene filtered and split: the buses, devices and channels to show."""
+
+    buses: list[str]
+    devices: list[str]
+    channels: dict[str, list[tuple[str, Reading]]]  # device -> [(name, reading)], in display order
+    events: list[Event]
+
+
+def level(value: Value) -> int:
+    """An alarm level as an int (0 for anything that is not one)."""
+    try:
+        return int(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return 0
+
+
+def enum_text(value: Value) -> str:
+    return str(value.value if isinstance(value, Enum) else value)
+
+
+def channel_key(name: str) -> tuple[int, int, str]:
+    """Sort key of a channel within its device."""
+    if name.startswith("Alarm/"):
+        return (3, 0, name)
+    if name in ORDER:
+        return (0, ORDER.index(name), name)
+    if name.startswith(LATE[-1]) or name in LATE:
+        return (2, 0, name)
+    return (1, 0, name)
+
+
+def classify(scene: Scene, filters: Filters) -> View:
+    """Split the snapshot into buses and devices, apply the filters and sort the channels."""
+    prefixes: dict[str, list[tuple[str, Reading]]] = {}
+    for address, reading in scene.snapshot.items():
+        prefix, _, name = address.partition("/")
+        prefixes.setdefault(prefix, []).append((name, reading))
+    buses = sorted(p for p, rows in prefixes.items() if any(n == BUS_MARKER for n, _ in rows))
+    devices = sorted(p for p in prefixes if p not in buses and filters.device(p))
+    channels = {
+        d: sorted(((n, r) for n, r in prefixes[d] if n not in DEVICE_PANE_CHANNELS), key=lambda x: channel_key(x[0]))
+        for d in devices
+    }
+    shown_buses = [b for b in buses if filters.bus(b)]
+    sources = set(devices) | set(shown_buses)
+    filtered = bool(filters.devices or filters.buses)
+    events = [e for e in scene.events if not filtered or e.source in sources]
+    return View(shown_buses, devices, channels, events)
