@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from emsbms import __version__
-from emsbms.cli import demo, fuzz, monitor, profiles, read, run, simulate, write
+from emsbms.cli import decode, demo, fuzz, log, monitor, profiles, read, replay, run, simulate, write
 from emsbms.cli.common import CliState, ExitCode, setup_logging
 
 app = typer.Typer(
@@ -58,6 +58,9 @@ app.command("write")(write.command)
 app.command("monitor")(monitor.command)
 app.command("fuzz")(fuzz.command)
 app.add_typer(profiles.app, name="profiles")
+app.add_typer(log.app, name="log")
+app.command("replay")(replay.command)
+app.command("decode")(decode.command)
 
 
 def main() -> None:
