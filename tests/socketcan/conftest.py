@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from tests.socketcan.support import (
+    PYLON_NAMES,
     Background,
     Candump,
     CansendLoop,
@@ -76,14 +77,14 @@ def simulation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Simulation]
     v = Vcans()
     try:
         hv, *pylons = v.add(4)
-        buses = {"hv": hv, **{f"p{i}": iface for i, iface in enumerate(pylons)}}
+        buses = {"hv": hv, **{f"bus_{name}": iface for name, iface in zip(PYLON_NAMES, pylons, strict=True)}}
         devices: list[dict[str, Any]] = [{"name": "hv_0", "bus": "hv", "profile": "acme-hv"}]
-        devices += [{"name": f"pylon_{i}", "bus": f"p{i}", "profile": "pylon-lv"} for i in range(3)]
+        devices += [{"name": name, "bus": f"bus_{name}", "profile": "pylon-lv"} for name in PYLON_NAMES]
         site = write_site(tmp_path_factory.mktemp("sim") / "sim.toml", buses, devices)
         process = Background("--site", str(site), "simulate")
         try:
             process.wait_for_line("simulate:")
-            yield Simulation(hv, pylons, process)
+            yield Simulation(hv, pylons, PYLON_NAMES, process)
         finally:
             process.stop()
     finally:

@@ -198,10 +198,18 @@ class Background:
         return self.proc.returncode
 
 
+PYLON_NAMES = ["pylon_a", "pylon_b", "pylon_c"]
+
+
 @dataclass
 class Simulation:
-    """One `emsbms simulate` process serving an acme-hv device and three identical pylon-lv units."""
+    """One `emsbms simulate` process serving an acme-hv device and three identical pylon-lv units.
+
+    The simulator seeds each unit's model (and starting SoC) from its device name: these names start
+    far apart (90, 68 and 58 %), so the three buses carry different values under the same IDs.
+    """
 
     hv_iface: str
     pylon_ifaces: list[str]
+    pylon_names: list[str]
     process: Background

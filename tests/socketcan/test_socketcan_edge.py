@@ -48,12 +48,12 @@ def wait_until(predicate: Callable[[], bool], timeout: float = WAIT_S) -> bool:
 
 
 def test_identical_ids_on_three_buses(simulation: Simulation, candump: Callable[[list[str]], Candump]) -> None:
-    ifaces = simulation.pylon_ifaces
-    site = socketcan_site({f"p{i}": iface for i, iface in enumerate(ifaces)},
-                          [{"name": f"pylon_{i}", "bus": f"p{i}", "profile": "pylon-lv"} for i in range(3)])
+    ifaces, names = simulation.pylon_ifaces, simulation.pylon_names
+    site = socketcan_site({f"bus_{name}": iface for name, iface in zip(names, ifaces, strict=True)},
+                          [{"name": name, "bus": f"bus_{name}", "profile": "pylon-lv"} for name in names])
     dump = candump(ifaces)
     with Edge(site) as edge:
-        socs = [edge.read(f"pylon_{i}/Soc", timeout=WAIT_S) for i in range(3)]
+        socs = [edge.read(f"{name}/Soc", timeout=WAIT_S) for name in names]
     frames = dump.stop()
 
     soc_frames = {iface: [f for f in frames if f.iface == iface and f.can_id == 0x355] for iface in ifaces}
