@@ -34,7 +34,7 @@ DECODE_TABLE: list[tuple[str, str, dict[str, float]]] = [
                                           "hvess/MinCellVoltage": 3.398}),
     # CANopen node 1: heartbeat 0x701, state 0x05 = operational. Not checked through `read`: the
     # adapter publishes NmtState UNKNOWN when it starts, and `read` returns the first value newer
-    # than its own start, which can be that one (seen once in five runs).
+    # than its own start, which can be that one (it happened in one of the first runs here).
     ("co", "701#05", {}),
     # TPDO1 0x181: 0x6010 0x00F2 = 242 / 8 degC; 0x6000 = 0x02; 0x6081 = 0x40 = 64 %;
     # 0x4804 0xFF33 = -205 x 0.1 A; 0x6070 0x00C8 = 200 / 16 A
