@@ -230,3 +230,20 @@ class Dispatcher:
             "LatencyP50": self.latency.percentile(50), "LatencyP99": self.latency.percentile(99),
         }
         self.registry.apply([Sample(p + k, v, t) for k, v in values.items()])
+
+    def replace_adapter(self, old: Adapter, new: Adapter, start: bool = True) -> None:
+        """Swap one device's adapter and rebuild this bus's dispatch table (hot profile activation).
+
+        Done under the lock, between two batches: frames of the other devices are never dropped.
+        With `start` (the dispatcher runs) the new adapter is started before its first frame.
+        """
+        with self.lock:
+            self.adapters[self.adapters.index(old)] = new
+            table: dict[int, list[Adapter]] = {}
+            for a in self.adapters:
+                for key in a.frame_keys():
+                    table.setdefault(key, []).append(a)
+            self._table = table
+            self._unmatched = [a for a in self.adapters if a.wants_unmatched]
+            if start:
+                self._emit(new.start(now_us()))

@@ -27,7 +27,13 @@ log = logging.getLogger(__name__)
 
 
 def load_profiles(site: Site) -> dict[str, Profile]:
-    """Load every device's profile; errors name the site file, the device and the key."""
+    """Load every device's profile; errors name the site file, the device and the key.
+
+    A site read from the database (`emsbms.db.StoredSite`) brings its profiles, loaded from the store.
+    """
+    stored = getattr(site, "profiles", None)
+    if isinstance(stored, dict):
+        return {d.name: stored[d.name] for d in site.devices}
     source = str(site.path or "<site>")
     profiles: dict[str, Profile] = {}
     cache: dict[str, Profile] = {}
@@ -121,6 +127,8 @@ class Edge:
         self._running = False
         self._stop_workers = threading.Event()
         self._workers: list[threading.Thread] = []
+        self._device_workers: dict[str, tuple[threading.Event, threading.Thread]] = {}
+        self._activation_lock = threading.Lock()
         self._command_listeners: list[Callable[[CommandResult], None]] = []
 
     @classmethod
@@ -149,11 +157,7 @@ class Edge:
         self._stop_workers.clear()
         for a in self.adapters.values():
             if a.has_background:
-                io = _WorkerIO(self.dispatchers[a.device.bus], self._stop_workers)
-                t = threading.Thread(target=self._run_background, args=(a, io),
-                                     name=f"emsbms-worker-{a.device.name}", daemon=True)
-                t.start()
-                self._workers.append(t)
+                self._start_worker(a)
         self._running = True
         return self
 
@@ -173,6 +177,9 @@ class Edge:
             return
         self._running = False
         self._stop_workers.set()
+        for event, _ in self._device_workers.values():
+            event.set()
+        self._device_workers.clear()
         for t in self._workers:
             t.join(3.0)
         self._workers.clear()
@@ -263,3 +270,81 @@ class Edge:
                 return True
             time.sleep(0.02)
         return predicate(self.snapshot())
+
+    # -- starting from the database, hot activation ------------------------------------------
+
+    @classmethod
+    def from_db(cls, path: str | Path, **kwargs: Any) -> Edge:
+        """Build an edge from the devices and buses commissioned in the database at `path`.
+
+        Their profiles come from the database's profile store: no profile, DBC or EDS file is read.
+        """
+        from emsbms.db import load_stored_site  # the database imports the edge
+
+        return cls(load_stored_site(path), **kwargs)
+
+    def _start_worker(self, adapter: Adapter) -> None:
+        """Give an adapter with has_background its worker thread, with a stop event of its own."""
+        stop = threading.Event()
+        io = _WorkerIO(self.dispatchers[adapter.device.bus], stop)
+        t = threading.Thread(target=self._run_background, args=(adapter, io),
+                             name=f"emsbms-worker-{adapter.device.name}", daemon=True)
+        self._device_workers[adapter.device.name] = (stop, t)
+        t.start()
+        self._workers.append(t)
+
+    def activate_profile(self, profile: Profile, devices: Sequence[str] | None = None) -> list[str]:
+        """Switch the devices that use `profile.name` (or the named `devices`) to `profile`, running or not.
+
+        Per device, atomically: the new adapter is built and checked first (a ProfileError or
+        ConfigError leaves the device on its working profile), then swapped in under its
+        dispatcher's lock, which rebuilds that bus's dispatch table. Frames of other devices keep
+        flowing. Channels that still exist keep their readings, new ones are declared, and
+        channels the new profile drops are marked stale. Returns the devices switched.
+        """
+        names = [n for n, p in self.profiles.items() if p.name == profile.name] if devices is None else list(devices)
+        for name in names:
+            if name not in self.adapters:
+                raise UnknownAddressError(f"no device {name!r}; known: {', '.join(self.adapters)}")
+        adapter_class(profile.protocol).check_profile(profile)
+        with self._activation_lock:
+            for name in names:
+                self._activate(name, profile)
+        return names
+
+    def _activate(self, name: str, profile: Profile) -> None:
+        old = self.adapters[name]
+        if "j1939" in (old.protocol, profile.protocol):
+            raise UnsupportedError(f"device {name}: a j1939 device shares its bus's J1939 ECU; restart the edge to"
+                                   f" switch it to {profile.name} {profile.version}")
+        new = adapter_class(profile.protocol)(old.device, profile)
+        self._check_shared_ids(new, old)
+        dispatcher = self.dispatchers[old.device.bus]
+        infos = new.channels()
+        self.registry.declare(infos)
+        gone = sorted({i.address for i in old.channels()} - {i.address for i in infos})
+        dispatcher.replace_adapter(old, new, start=self._running)
+        self.adapters[name] = new
+        self.profiles[name] = profile
+        self.commands[name] = CommandChannel(new, dispatcher)
+        if gone:
+            self.registry.apply((), gone)
+        if self._running and name in self._device_workers:
+            stop, thread = self._device_workers.pop(name)
+            stop.set()
+            thread.join(3.0)
+        if self._running and new.has_background:
+            self._start_worker(new)
+        log.info("device %s: now on profile %s %s", name, profile.name, profile.version)
+
+    def _check_shared_ids(self, new: Adapter, old: Adapter) -> None:
+        keys = set(new.frame_keys())
+        for other in self.adapters.values():
+            if other is old or other.device.bus != new.device.bus:
+                continue
+            shared = keys & set(other.frame_keys())
+            if shared and not (new.profile.model.allow_shared_ids and other.profile.model.allow_shared_ids):
+                can_id = min(shared) & ~EXTENDED
+                raise ConfigError(f"device {new.device.name!r}: profile {new.profile.name} {new.profile.version}:"
+                                  f" frame 0x{can_id:X} on bus {new.device.bus!r} is already used by device"
+                                  f" {other.device.name!r}")

@@ -12,7 +12,11 @@ from typing import Annotated
 import typer
 
 from emsbms import __version__
+from emsbms.cli import commission as commission_cli
 from emsbms.cli import decode, demo, fuzz, log, monitor, profiles, read, replay, run, simulate, write
+from emsbms.cli import devices as devices_cli
+from emsbms.cli import scan as scan_cli
+from emsbms.cli import site as site_cli
 from emsbms.cli.common import CliState, ExitCode, setup_logging
 
 app = typer.Typer(
@@ -61,6 +65,11 @@ app.add_typer(profiles.app, name="profiles")
 app.add_typer(log.app, name="log")
 app.command("replay")(replay.command)
 app.command("decode")(decode.command)
+app.command("scan")(scan_cli.command)
+app.command("commission")(commission_cli.command)
+app.command("decommission")(devices_cli.decommission_command)
+app.add_typer(devices_cli.app, name="devices")
+app.add_typer(site_cli.app, name="site")
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
@@ -55,10 +55,16 @@ class CliState:
     debug: bool = False
     verbose: int = 0
 
-    def load_site(self) -> Site:
-        """The site file named by --site (or EMSBMS_SITE); ConfigError if none was given."""
+    def load_site(self, db: Path | None = None) -> Site:
+        """The site file named by --site (or EMSBMS_SITE); without one, the site commissioned in the
+        database (--db, or `db`), its profiles loaded from the store. ConfigError if there is neither."""
         if self.site is None:
-            raise ConfigError("no site file: give --site FILE (or set EMSBMS_SITE)")
+            from emsbms.db import EdgeDb  # only commands without --site need the database
+
+            with EdgeDb.existing(db or self.db) or nullcontext() as edge_db:
+                if edge_db is None or not edge_db.has_devices():
+                    raise ConfigError("no site file: give --site FILE (or set EMSBMS_SITE)")
+                return edge_db.stored_site()
         return load_site(self.site)
 
 

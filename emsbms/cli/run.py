@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from emsbms.cli.common import Duration, err, handle_errors, run_until, state, stop_signals
+from emsbms.db.watch import ProfileWatcher
 from emsbms.edge import Edge
 from emsbms.store import RunLog
 
@@ -27,17 +28,20 @@ def command(
 
     Stops on Ctrl-C or SIGTERM (or after --duration), flushing the log before it exits.
     """
-    site = state(ctx).load_site()
     path = db or state(ctx).db
+    site = state(ctx).load_site(db=path)
     edge = Edge(site)
     runlog = RunLog(path, site=site.name)
+    watcher = ProfileWatcher(path, edge, on_activate=lambda _: runlog.declare(
+        edge.registry.info(a) for a in edge.registry.addresses()))  # profiles imported while it runs
     try:
         runlog.declare(edge.registry.info(a) for a in edge.registry.addresses())
         subscription = edge.subscribe("*", runlog.record)
         with stop_signals() as stop, edge:
             err(f"run: {len(site.devices)} devices on {len(site.buses)} buses; logging to {path}")
-            run_until(stop, duration)
+            run_until(stop, duration, tick=watcher.poll)
         subscription.cancel()
     finally:
+        watcher.close()
         runlog.close()
     err(f"run: {runlog.written} samples written to {path}, {runlog.dropped} dropped")

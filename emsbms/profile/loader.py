@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,6 +81,19 @@ def _locate(kind: str, ref: str, profile_path: Path | None) -> Path:
     raise ProfileError(f"source.{kind} {ref!r} not found; looked in {', '.join(map(str, candidates))}")
 
 
+def _materialize(kind: str, text: str) -> Path:
+    """A file holding `text` (named by its SHA-256), for libraries that parse only files."""
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    folder = Path(tempfile.gettempdir()) / "emsbms-sources"
+    target = folder / f"{digest}.{kind}"
+    if not target.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        partial = folder / f".{digest}.{os.getpid()}.{threading.get_ident()}"
+        partial.write_text(text, encoding="utf-8")
+        os.replace(partial, target)
+    return target
+
+
 def _format_pydantic(name: str, err: ValidationError) -> str:
     parts = []
     for e in err.errors():
@@ -87,8 +104,13 @@ def _format_pydantic(name: str, err: ValidationError) -> str:
     return f"profile {name}: " + "; ".join(parts)
 
 
-def parse_profile(data: dict[str, Any], path: Path | None = None) -> Profile:
-    """Validate a profile document and resolve its source; raises ProfileError on any fault."""
+def parse_profile(data: dict[str, Any], path: Path | None = None, source_text: str | None = None) -> Profile:
+    """Validate a profile document and resolve its source; raises ProfileError on any fault.
+
+    `source_text` is the content of the DBC or EDS file the profile names (a profile kept in the
+    database): then no file is looked up. An EDS is parsed from a file, so its text is written
+    once to a content-addressed file under the temporary directory (`source_path`).
+    """
     label = str(data.get("name", path or "?")) if isinstance(data, dict) else str(path)
     try:
         model = ProfileModel.model_validate(data)
@@ -99,14 +121,18 @@ def parse_profile(data: dict[str, Any], path: Path | None = None) -> Profile:
     text = ""
     try:
         if model.source.dbc is not None:
-            source_path = _locate("dbc", model.source.dbc, path)
-            text = source_path.read_text(encoding="utf-8")
+            if source_text is None:
+                source_path = _locate("dbc", model.source.dbc, path)
+            text = source_path.read_text(encoding="utf-8") if source_path is not None else str(source_text)
             db = cantools.database.load_string(text, database_format="dbc", strict=True)
         elif model.source.messages is not None:
             db = build_database(list(model.source.messages))
         elif model.source.eds is not None:
-            source_path = _locate("eds", model.source.eds, path)
-            text = source_path.read_text(encoding="utf-8")
+            if source_text is None:
+                source_path = _locate("eds", model.source.eds, path)
+                text = source_path.read_text(encoding="utf-8")
+            else:
+                text, source_path = source_text, _materialize("eds", source_text)
     except ProfileError as e:
         raise ProfileError(f"profile {model.name}: {e}") from e
     except Exception as e:  # cantools raises many types for a bad DBC or layout

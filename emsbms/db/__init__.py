@@ -1,0 +1,156 @@
+"""The edge database: profile store, commissioned buses and devices, site import and export.
+
+One SQLite file per edge, through sqlite-utils, with numbered migrations (`emsbms.db.schema`).
+It is the same file as the run log of ``emsbms run``. Open it with `EdgeDb`::
+
+    with EdgeDb("emsbms.db") as db:
+        db.profiles.import_paths(["my-profiles/"])
+        site = db.stored_site()          # buses and devices, profiles loaded from the store
+
+`Edge.from_db(path)` starts an edge from it, with every profile file gone.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+
+from emsbms.db.profiles import ImportResult, ProfileStore, StoredProfile, prepare, split_ref, version_key
+from emsbms.db.schema import LATEST, MIGRATIONS, applied, connect, migrate, schema_version, transaction
+from emsbms.db.sitedb import SiteStore, StoredSite, device_table, to_toml, write_toml
+from emsbms.edge import load_profiles
+from emsbms.errors import ConfigError, ProfileError
+from emsbms.profile.loader import Profile
+from emsbms.protocols.base import DeviceConfig
+from emsbms.site import Site, load_site
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PATH = Path("emsbms.db")
+
+
+def default_path() -> Path:
+    """The database path when none is given: $EMSBMS_DB, else ./emsbms.db."""
+    return Path(os.environ.get("EMSBMS_DB") or DEFAULT_PATH)
+
+
+class EdgeDb:
+    """The edge database, migrated to the latest schema when opened. A context manager."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.db = connect(self.path)
+        migrate(self.db)
+        self.profiles = ProfileStore(self.db)
+        self.site = SiteStore(self.db)
+
+    @classmethod
+    def existing(cls, path: str | Path) -> EdgeDb | None:
+        """Open the database only if the file exists (read-only commands never create one)."""
+        return cls(path) if Path(path).is_file() else None
+
+    def close(self) -> None:
+        self.db.conn.close()
+
+    def __enter__(self) -> EdgeDb:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One write transaction: everything inside is stored, or nothing."""
+        with transaction(self.db):
+            yield
+
+    # -- the stored site --------------------------------------------------------------------
+
+    def has_devices(self) -> bool:
+        return bool(self.site.devices())
+
+    def stored_site(self) -> StoredSite:
+        """The commissioned site, each device's profile loaded from the store (no profile file is read).
+
+        Raises ConfigError if no device is commissioned, or a device's profile cannot be loaded.
+        """
+        site = self.site.to_site(f"{self.path} (database)")
+        if not site.devices:
+            raise ConfigError(
+                f"database {self.path}: no commissioned devices; use `emsbms commission`, `emsbms scan --commission`"
+                " or `emsbms site import FILE`, or give --site FILE"
+            )
+        profiles: dict[str, Profile] = {}
+        by_ref: dict[str, Profile] = {}
+        for d in site.devices:
+            if d.profile not in by_ref:
+                try:
+                    by_ref[d.profile] = self.profiles.resolve(d.profile)
+                except ProfileError as e:
+                    raise ConfigError(f"{site.path or self.path}: device {d.name!r}: key 'profile': {e}") from e
+            profiles[d.name] = by_ref[d.profile]
+        return StoredSite(org=site.org, name=site.name, buses=site.buses, devices=site.devices,
+                          path=None, extra=site.extra, profiles=profiles)
+
+    def import_site(self, path: str | Path) -> tuple[Site, list[ImportResult]]:
+        """Replace the stored site with a site TOML file, storing the profiles it uses.
+
+        Everything is validated first (site, profiles, colliding IDs); then one transaction
+        stores the profiles and the site. Devices refer to their profiles by name afterwards.
+        """
+        from emsbms.edge import build_adapters  # the edge's own collision check
+
+        site = load_site(path)
+        loaded = load_profiles(site)
+        build_adapters(site, loaded)
+        items = [(_import_label(site, d.profile), loaded[d.name]) for d in site.devices]
+        devices = [replace_profile(d, loaded[d.name]) for d in site.devices]
+        stored = Site(org=site.org, name=site.name, buses=site.buses, devices=devices, path=site.path,
+                      extra=site.extra)
+        with transaction(self.db):
+            results = self.profiles.add(items) if items else []
+            self.site.replace(stored)
+        return stored, results
+
+    def export_site(self, path: Path | None = None) -> str:
+        """The stored site as site TOML text (written to `path` when given, validated first)."""
+        tables = self.site.tables()
+        header = f"emsbms site exported from {self.path}; profiles by name are in its profile store"
+        if path is not None:
+            write_toml(tables, path, header)
+        return to_toml(tables, header)
+
+
+def _import_label(site: Site, ref: str) -> str:
+    name, _ = split_ref(ref)
+    if name.endswith(".json") or "/" in name:
+        return str(name)
+    return f"shipped:{name}"
+
+
+def replace_profile(device: DeviceConfig, profile: Profile) -> DeviceConfig:
+    """The device referring to its profile by stored name (a path becomes the profile's name)."""
+    name, version = split_ref(device.profile)
+    if name.endswith(".json") or "/" in name:
+        return replace(device, profile=profile.name)
+    return device if version is None else replace(device, profile=f"{profile.name}@{profile.version}")
+
+
+def load_stored_site(path: str | Path) -> StoredSite:
+    """The commissioned site of the database at `path` (ConfigError if the file does not exist)."""
+    db = EdgeDb.existing(path)
+    if db is None:
+        raise ConfigError(f"database {path}: no such file; commission devices first or give --site FILE")
+    with db:
+        return db.stored_site()
+
+
+__all__ = [
+    "LATEST", "MIGRATIONS", "EdgeDb", "ImportResult", "ProfileStore", "SiteStore", "StoredProfile", "StoredSite",
+    "applied", "connect", "default_path", "device_table", "load_stored_site", "migrate", "prepare",
+    "replace_profile", "schema_version", "split_ref", "to_toml", "version_key",
+]
