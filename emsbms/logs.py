@@ -41,6 +41,8 @@ REORDER_S = 0.2
 """The recorder holds frames this long so frames of several buses reach the file in time order."""
 DRAIN_MAX = 100_000
 """At most this many frames are read from a bus's socket buffer after the recorder is told to stop."""
+HOLD_MAX = 100_000
+"""The recorder writes held frames early rather than hold more than this many (a very busy bus)."""
 
 
 class LogFileError(ConfigError):
@@ -349,7 +351,7 @@ class Recorder:
                 except queue.Empty:
                     pass
                 limit = float("inf") if done else time.monotonic() - self.reorder_s
-                while held and (held[0][2] <= limit or len(held) > DRAIN_MAX):
+                while held and (held[0][2] <= limit or len(held) > HOLD_MAX):
                     self._write(heapq.heappop(held)[3])
                 if done and not held and self._queue.empty():
                     return
