@@ -21,12 +21,13 @@ the pure core: readings and results in, events out, no clock, no threads.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum, IntEnum, StrEnum
 
 from emsbms.registry import Registry, Subscription
@@ -52,6 +53,14 @@ ALARM_TEXTS = {"NameNotClaimed": "J1939 NAME holds no address"}
 SKIPPED_ALARMS = ("CommLoss", "DiagnosticLamps")
 """Alarms another event already tells: CommLoss (the CommState event), DiagnosticLamps (DM1)."""
 
+TOLD_BY_EVENTS = (": EMCY 0x", "device LOST", "has claimed no address")
+"""Log warnings that repeat an event the log makes itself (EMCY, comm loss, an unclaimed NAME)."""
+
+COALESCE_US = 60_000_000
+"""An event equal to one of the last `COALESCE_LOOKBACK` events of this long ago adds to its count."""
+
+COALESCE_LOOKBACK = 6
+
 
 class EventKind(StrEnum):
     """What an event is about."""
@@ -63,6 +72,7 @@ class EventKind(StrEnum):
     IDENTITY = "identity"
     COMMAND = "command"
     BUS = "bus"
+    LOG = "log"
 
 
 class Severity(IntEnum):
@@ -76,18 +86,30 @@ class Severity(IntEnum):
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """One thing that happened, at `timestamp_us`, to `source` (a device or a bus)."""
+    """One thing that happened, at `timestamp_us`, to `source` (a device or a bus); `repeat`
+    counts the same event happening again soon after (a flapping state is one line)."""
 
     timestamp_us: int
     source: str
     kind: EventKind
     severity: Severity
     text: str
+    repeat: int = 1
 
 
 _MISSING = object()
 
-Inbox = deque[tuple[str, Reading] | tuple[CommandResult, int]]
+@dataclass(frozen=True, slots=True)
+class LogLine:
+    """A log record as the inbox keeps it."""
+
+    timestamp_us: int
+    level: int
+    logger: str
+    message: str
+
+
+Inbox = deque[tuple[str, Reading] | tuple[CommandResult, int] | tuple[LogLine, None]]
 
 
 def _plain(value: Value) -> Value:
@@ -148,6 +170,11 @@ class EventLog:
         """The `Edge.on_command` callback: the result, stamped now, into the inbox."""
         self._inbox.append((result, time.time_ns() // 1000))
 
+    def post_log(self, record: logging.LogRecord) -> None:
+        """The `EventLogHandler` callback: a log record into the inbox."""
+        line = LogLine(int(record.created * 1e6), record.levelno, record.name, record.getMessage())
+        self._inbox.append((line, None))
+
     # -- the transition logic (the draining thread) ---------------------------------------------
 
     def drain(self) -> list[Event]:
@@ -162,6 +189,8 @@ class EventLog:
             if isinstance(first, CommandResult):
                 assert isinstance(second, int)
                 new.append(self.command(first, second))
+            elif isinstance(first, LogLine):
+                new.extend(self.log_line(first))
             else:
                 assert isinstance(second, Reading)
                 new.extend(self.feed(first, second))
@@ -174,9 +203,29 @@ class EventLog:
         return [e for e in self._events if e.source in sources]
 
     def _add(self, event: Event) -> Event:
-        self._events.append(event)
         self.total += 1
+        recent = list(itertools.islice(reversed(self._events), COALESCE_LOOKBACK))
+        for old in recent:
+            if (old.source, old.kind, old.text) == (event.source, event.kind, event.text) \
+                    and event.timestamp_us - old.timestamp_us <= COALESCE_US:
+                self._events.remove(old)
+                event = replace(event, repeat=old.repeat + 1)
+                break
+        self._events.append(event)
         return event
+
+    def log_line(self, line: LogLine) -> list[Event]:
+        """The event of a logged warning or error (none for one that repeats an event)."""
+        if any(marker in line.message for marker in TOLD_BY_EVENTS):
+            return []
+        source, sep, rest = line.message.partition(": ")
+        if not sep or source not in self._sources():
+            source, rest = line.logger.rsplit(".", 1)[-1], line.message
+        severity = Severity.ALARM if line.level >= logging.ERROR else Severity.WARNING
+        return self._one(line.timestamp_us, source, EventKind.LOG, severity, rest)
+
+    def _sources(self) -> set[str]:
+        return self._buses | {a.split("/", 1)[0] for a in self._last}
 
     def command(self, result: CommandResult, timestamp_us: int) -> Event:
         """The event of one command result."""
@@ -218,18 +267,17 @@ class EventLog:
     def _comm_event(self, device: str, previous: object, state: str, ts: int) -> list[Event]:
         if state == "LOST":
             self._lost_since[device] = ts
-            if previous == "WAITING":
-                text = "not heard within its timeout: LOST"
-            else:
-                text = "comm lost: no frame within its timeout"
+            text = "not heard within its timeout: LOST" if previous == "WAITING" else "comm lost: no frame within its timeout"
             return self._one(ts, device, EventKind.COMM, Severity.ALARM, text)
         if state == "STALE":
+            if previous == "LOST":
+                return self._one(ts, device, EventKind.COMM, Severity.INFO, "heard again; some messages still overdue")
             return self._one(ts, device, EventKind.COMM, Severity.WARNING, "stale: some messages overdue")
         if state == "OK":
             since = self._lost_since.pop(device, None)
-            if previous == "LOST":
-                took = f" after {(ts - since) / 1e6:.1f} s" if since is not None else ""
-                return self._one(ts, device, EventKind.COMM, Severity.OK, f"comm recovered{took}")
+            if since is not None:
+                return self._one(ts, device, EventKind.COMM, Severity.OK,
+                                 f"comm recovered after {(ts - since) / 1e6:.1f} s")
             if previous == "STALE":
                 return self._one(ts, device, EventKind.COMM, Severity.OK, "comm ok: every message on time")
             if previous == "WAITING":
@@ -308,3 +356,18 @@ def _parse_dtcs(value: Value) -> list[tuple[int, int, int]]:
         if isinstance(item, dict) and "spn" in item and "fmi" in item:
             out.append((int(item["spn"]), int(item["fmi"]), int(item.get("oc", 1))))
     return out
+
+
+class EventLogHandler(logging.Handler):
+    """A logging handler that hands records to an EventLog (the monitor shows warnings as events
+    instead of printing them over its screen)."""
+
+    def __init__(self, events: EventLog, level: int = logging.WARNING) -> None:
+        super().__init__(level)
+        self.events = events
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.events.post_log(record)
+        except Exception:
+            self.handleError(record)
