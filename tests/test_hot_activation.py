@@ -1,0 +1,194 @@
+"""Hot activation: a new profile version switches its devices while frames flow, losing none elsewhere."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import can
+import pytest
+
+from emsbms.db import EdgeDb
+from emsbms.db.watch import ProfileWatcher
+from emsbms.edge import Edge
+from emsbms.errors import ConfigError, UnsupportedError
+from emsbms.profile.loader import load_profile
+from emsbms.sim.runner import Simulation
+from emsbms.types import Quality, Reading
+from tests.conftest import virtual_site
+from tests.test_db import invoke, profile_copy, pylon_v2
+
+# hand-computed frames (PROTOCOLS.md): 0x355 SoC u16 % = 80, SoH u16 % = 100; ACME_Pack 0x4A0 bytes 0-1
+# PackVoltage 0.1 V/bit carrying the frame's sequence number, the rest zero
+PYLON_SOC = can.Message(arbitration_id=0x355, data=bytes([80, 0, 100, 0, 0, 0]), is_extended_id=False)
+
+
+def acme_pack(i: int) -> can.Message:
+    return can.Message(arbitration_id=0x4A0, data=i.to_bytes(2, "little") + bytes(6), is_extended_id=False)
+
+
+def wait(predicate: Callable[[], object], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return bool(predicate())
+
+
+def test_activation_while_traffic_flows_loses_no_frame_of_another_device(tmp_path: Path) -> None:
+    v1 = profile_copy(tmp_path, version="1.0.0")
+    v2 = profile_copy(tmp_path, version="1.1.0", edit=pylon_v2)
+    site = virtual_site(["can0"], [{"name": "bms_0", "bus": "can0", "profile": str(v1)},
+                                   {"name": "hv_0", "bus": "can0", "profile": "acme-hv"}])
+    edge = Edge(site)
+    voltages: list[float] = []
+    edge.subscribe("hv_0/Voltage", lambda a, r: voltages.append(float(r.value or 0)))
+    done = threading.Event()
+    sent = [0]
+
+    def send(bus: can.BusABC) -> None:
+        while not done.is_set() or sent[0] < 500:
+            bus.send(acme_pack(sent[0]))
+            sent[0] += 1
+            if sent[0] % 5 == 0:
+                bus.send(PYLON_SOC)
+            time.sleep(0.002)
+
+    with edge, can.Bus(interface="virtual", channel=site.bus("can0").channel) as bus:
+        sender = threading.Thread(target=send, args=(bus,))
+        sender.start()
+        try:
+            soc = lambda: edge.registry.get("bms_0/Soc")  # noqa: E731
+            assert wait(lambda: (r := soc()) is not None and r.value == 80)
+            old_adapter = edge.adapters["bms_0"]
+            before = soc()
+            assert edge.activate_profile(load_profile(v2)) == ["bms_0"]
+            assert edge.adapters["bms_0"] is not old_adapter and edge.profiles["bms_0"].version == "1.1.0"
+            continuing = soc()  # a channel that still exists keeps its reading
+            assert before is not None and continuing is not None and continuing.timestamp_us >= before.timestamp_us
+            assert wait(lambda: (r := soc()) is not None and r.value == 40.0)  # the new scale
+            assert wait(lambda: (r := edge.registry.get("bms_0/StateOfHealth")) is not None and r.value == 100)
+            soh = edge.registry.get("bms_0/Soh")
+            assert soh is not None and soh.quality is Quality.STALE  # gone from v2
+            for again in (v1, v2, v1):  # more switches while frames flow
+                edge.activate_profile(load_profile(again))
+                expected = 80 if again == v1 else 40.0
+                assert wait(lambda e=expected: (r := soc()) is not None and r.value == e)  # type: ignore[misc]
+        finally:
+            done.set()
+            sender.join()
+        assert wait(lambda: len(voltages) >= sent[0])
+    assert sorted(round(v * 10) for v in voltages) == list(range(sent[0]))
+    assert edge.dispatchers["can0"].bad_frames == 0 and edge.dispatchers["can0"].unknown_ids == 0
+
+
+def test_a_profile_that_cannot_be_built_never_replaces_a_working_one(tmp_path: Path) -> None:
+    v1 = profile_copy(tmp_path, version="1.0.0")
+    colliding = profile_copy(tmp_path, version="2.0.0",  # its SoC message moved onto hv_0's ACME_Pack
+                             dbc_edit=lambda t: t.replace("BO_ 853 PYLON_SocSoh", "BO_ 1184 PYLON_SocSoh"))
+    site = virtual_site(["can0"], [{"name": "bms_0", "bus": "can0", "profile": str(v1)},
+                                   {"name": "hv_0", "bus": "can0", "profile": "acme-hv"}])
+    with Simulation(site), Edge(site) as edge:
+        working = edge.adapters["bms_0"]
+        with pytest.raises(ConfigError, match="frame 0x4A0 on bus 'can0' is already used by device 'hv_0'"):
+            edge.activate_profile(load_profile(colliding))
+        assert edge.adapters["bms_0"] is working and edge.profiles["bms_0"].version == "1.0.0"
+        later = time.time_ns() // 1000
+        assert edge.read("bms_0/Soc", timeout=10.0, after_us=later).quality is Quality.OK  # still decoding
+
+
+def test_j1939_devices_are_not_switched_while_running() -> None:
+    site = virtual_site(["can0"], [{"name": "hv_0", "bus": "can0", "profile": "j1939-hvess",
+                                    "source_address": 0xF3}])
+    edge = Edge(site)
+    with pytest.raises(UnsupportedError, match="hv_0: a j1939 device shares its bus's J1939 ECU; restart the edge"):
+        edge.activate_profile(load_profile("j1939-hvess"))
+
+
+def test_an_import_reaches_a_running_edge_started_from_the_database(tmp_path: Path) -> None:
+    v1 = profile_copy(tmp_path, version="1.0.0")
+    v2 = profile_copy(tmp_path, version="1.1.0", edit=pylon_v2)
+    bad = profile_copy(tmp_path, version="1.2.0",
+                       dbc_edit=lambda t: t.replace("BO_ 853 PYLON_SocSoh", "BO_ 1184 PYLON_SocSoh"))
+    db = tmp_path / "e.db"
+    site = virtual_site(["can0"], [{"name": "bms_0", "bus": "can0", "profile": str(v1)},
+                                   {"name": "hv_0", "bus": "can0", "profile": "acme-hv"}])
+    with EdgeDb(db) as edge_db:
+        edge_db.site.replace(site)
+        edge_db.profiles.import_paths([v1])
+        edge_db.db.execute("UPDATE devices SET profile = 'pylon-lv' WHERE name = 'bms_0'")
+        stored = edge_db.stored_site()
+    first: list[float] = []
+
+    def seen(address: str, reading: Reading) -> None:
+        if not first:
+            first.append(time.monotonic())
+
+    with Simulation(stored), Edge.from_db(db) as edge, ProfileWatcher(db, edge, interval=0.2).start() as watcher:
+        assert edge.read("bms_0/Soh", timeout=10.0).value is not None
+        edge.subscribe("bms_0/StateOfHealth", seen)
+        imported = time.monotonic()
+        with EdgeDb(db) as edge_db:
+            edge_db.profiles.import_paths([v2])
+        assert wait(lambda: bool(first), timeout=15.0)
+        assert first[0] - imported < 10.0
+        assert [(a.profile, a.version, a.devices, a.error) for a in watcher.activations] == [
+            ("pylon-lv", "1.1.0", ("bms_0",), None)]
+        with EdgeDb(db) as edge_db:
+            edge_db.profiles.import_paths([bad])
+        assert wait(lambda: len(watcher.activations) == 2)
+        refused = watcher.activations[1]
+        assert refused.version == "1.2.0" and refused.error is not None and "already used by device 'hv_0'" in (
+            refused.error)
+        assert edge.profiles["bms_0"].version == "1.1.0"
+
+
+def test_emsbms_run_activates_a_version_imported_while_it_runs(tmp_path: Path) -> None:
+    v2 = profile_copy(tmp_path, version="1.1.0", edit=pylon_v2)
+    tag = uuid.uuid4().hex[:8]
+    site_file = tmp_path / "site.toml"
+    site_file.write_text(f'[[bus]]\nname = "can0"\ninterface = "virtual"\nchannel = "run-{tag}"\n'
+                         '[[device]]\nname = "bms_0"\nbus = "can0"\nprofile = "pylon-lv"\n', encoding="utf-8")
+    db = tmp_path / "e.db"
+    assert invoke(db, "site", "import", str(site_file)).exit_code == 0
+
+    def logged(address: str) -> bool:
+        try:
+            with sqlite3.connect(db) as conn:
+                return conn.execute("SELECT count(*) FROM samples WHERE address = ?", [address]).fetchone()[0] > 0
+        except sqlite3.OperationalError:  # `run` has not created its tables yet
+            return False
+
+    finished = threading.Event()  # `run` returned: never signal the test process after that
+
+    def importer() -> None:
+        try:
+            if wait(lambda: logged("bms_0/Soh") or finished.is_set(), timeout=30.0) and not finished.is_set():
+                with EdgeDb(db) as edge_db:
+                    edge_db.profiles.import_paths([v2])
+                wait(lambda: logged("bms_0/StateOfHealth") or finished.is_set(), timeout=30.0)
+        finally:
+            if not finished.is_set():
+                os.kill(os.getpid(), signal.SIGTERM)  # `run` stops cleanly on SIGTERM
+
+    with EdgeDb(db) as edge_db:
+        stored = edge_db.stored_site()
+    with Simulation(stored):
+        helper = threading.Thread(target=importer)
+        helper.start()
+        try:
+            r = invoke(db, "run", "--duration", "60")
+        finally:
+            finished.set()
+            helper.join()
+    assert r.exit_code == 0, r.output
+    assert logged("bms_0/StateOfHealth")
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT unit FROM channels WHERE address = 'bms_0/StateOfHealth'").fetchone() == ("%",)
