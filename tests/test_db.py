@@ -27,8 +27,8 @@ ROOT = Path(__file__).parent.parent
 runner = CliRunner()
 
 
-def invoke(db: Path, *args: str) -> Result:
-    return runner.invoke(app, ["--db", str(db), *args], catch_exceptions=False, env={"EMSBMS_SITE": ""})
+def invoke(db: Path, *args: str, input: str | None = None) -> Result:
+    return runner.invoke(app, ["--db", str(db), *args], input=input, catch_exceptions=False, env={"EMSBMS_SITE": ""})
 
 
 def profile_copy(

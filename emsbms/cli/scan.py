@@ -169,5 +169,5 @@ def _commission(db: EdgeDb, results: list[BusScan], yes: bool) -> list[dict[str,
                 err(f"refused: {e}")
                 continue
             err(result.describe())
-            done.append({"device": name, **c.as_dict()})
+            done.append({**c.as_dict(), "device": name})
     return done
