@@ -3,14 +3,20 @@
 Built generically from `list_shipped()`: every shipped profile whose adapter and simulator are
 available gets one device on its own bus, with the addressing keys the profile suggests in
 ``options.demo_device`` (e.g. ``{"node_id": 1}``). pylon-lv gets a twin with identical IDs on
-a separate bus, to show that devices are kept apart by their bus.
+a separate bus, to show that devices are kept apart by their bus. A `Scenario` then injects
+faults and writes commands every so often, so the monitor's event log shows EMCY, DM1, comm
+loss and recovery, and acked and rejected commands.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
 import uuid
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -164,3 +170,98 @@ def write_demo_site(path: str | Path, interface: str = "udp_multicast") -> Path:
     parse_site(tables, str(out))  # validate before writing
     out.write_text(site_toml(tables), encoding="utf-8")
     return out
+
+
+# -- the scenario: faults and commands, so the monitor's event log has a story to tell ---------
+
+
+class Action(StrEnum):
+    """What a scenario step does."""
+
+    INJECT = "inject"  # turn a simulator fault on
+    CLEAR = "clear"  # turn it off
+    WRITE = "write"  # write a command through the edge
+
+
+@dataclass(frozen=True)
+class Step:
+    """At `at_s` seconds into each cycle, do `action` on `device` (a fault name, or a command and its value)."""
+
+    at_s: float
+    device: str
+    action: Action
+    target: str
+    value: float = 0.0
+
+    def describe(self) -> str:
+        if self.action is Action.WRITE:
+            return f"write {self.device}/{self.target} = {self.value:g}"
+        return f"{self.action.value} {self.device}:{self.target}"
+
+
+SCENARIO = (
+    Step(3, "cia418_bms", Action.INJECT, "emcy"),  # EMCY 0x5000, Alarm/Emcy
+    Step(4, "j1939_hvess", Action.INJECT, "dtc2"),  # DM1 by BAM: two warning DTCs, amber lamp
+    Step(5, "acme_hv", Action.WRITE, "SetChargeCurrent", 40),  # acked by its echo
+    Step(6, "pylon_lv_2", Action.INJECT, "silent"),  # LOST after its 5 s timeout
+    Step(8, "acme_lv_bytemap", Action.WRITE, "SetChargeCurrent", 150),  # above its 100 A maximum: rejected
+    Step(10, "j1939_hvess", Action.WRITE, "ResetFaults", 1),  # DM11: acked, DM1 clears
+    Step(12, "cia418_bms", Action.CLEAR, "emcy"),  # EMCY 0x0000: cleared
+    Step(15, "pylon_lv_2", Action.CLEAR, "silent"),  # recovered
+    Step(17, "cia418_bms", Action.WRITE, "SetChargeCurrent", 60),  # SDO download: acked
+)
+"""What the demo plays, again every `SCENARIO_PERIOD_S`; steps of devices the demo lacks are skipped."""
+
+SCENARIO_PERIOD_S = 40.0
+
+
+class Scenario:
+    """Plays `steps` on a background thread, again every `period_s`, until stopped.
+
+    `write(address, value)` sends a command (the demo passes `Edge.write`, on this thread: it
+    waits for the acknowledgement); `simulations` are the running simulators.
+    """
+
+    def __init__(self, write: Callable[[str, float], object], simulations: list[Simulation],
+                 steps: tuple[Step, ...] = SCENARIO, period_s: float = SCENARIO_PERIOD_S) -> None:
+        self._write = write
+        self._sims = {name: sim for sim in simulations for name in sim.simulators}
+        self.steps = tuple(s for s in steps if s.device in self._sims)
+        self.period_s = period_s
+        self.done: list[Step] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> Scenario:
+        self._thread = threading.Thread(target=self._run, name="emsbms-demo-scenario", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5.0)
+
+    def _run(self) -> None:
+        started = time.monotonic()
+        cycle = 0
+        while self.steps:
+            for step in self.steps:
+                if self._stop.wait(max(0.0, started + cycle * self.period_s + step.at_s - time.monotonic())):
+                    return
+                self.play(step)
+            cycle += 1
+
+    def play(self, step: Step) -> None:
+        """Do one step now; a failure is logged, never raised."""
+        log.info("demo scenario: %s", step.describe())
+        try:
+            if step.action is Action.WRITE:
+                self._write(f"{step.device}/{step.target}", step.value)
+            elif step.action is Action.INJECT:
+                self._sims[step.device].inject(step.device, step.target)
+            else:
+                self._sims[step.device].clear(step.device, step.target)
+            self.done.append(step)
+        except Exception as e:
+            log.warning("demo scenario: %s failed: %s", step.describe(), e)

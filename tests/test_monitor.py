@@ -1,135 +1,280 @@
-"""The monitor's pure rendering: snapshot tests of its text at 80x24, filters and formatting."""
+"""The monitor's pure rendering: snapshot tests of its text at 80x24 and 200x50, colours, filters,
+pages, sparklines, history, keys; and the live loop against a simulated device."""
 
 from __future__ import annotations
 
+import os
 import re
+import time
+from pathlib import Path
 
+import pytest
 from rich.console import Console
 
 from emsbms.bus import BusState
-from emsbms.monitor import Filters, format_age, format_number, format_value, render
+from emsbms.events import Event, EventKind, Severity
+from emsbms.monitor import DeviceMeta, Filters, History, abbreviate, format_age, format_number, format_value, render
+from emsbms.monitor import sparkline as spark
+from emsbms.monitor._keys import Key, Pager, parse_keys
+from emsbms.monitor._panes import Column, plan
 from emsbms.registry import Snapshot
 from emsbms.types import AlarmLevel, CommState, Quality, Reading
 
 NOW = 1_700_000_000_000_000  # 2023-11-14 22:13:20 UTC
+SNAPSHOTS = Path(__file__).parent / "snapshots"
+UPDATE = os.environ.get("EMSBMS_UPDATE_SNAPSHOTS") == "1"
 
 
 def at(value: object, unit: str = "", age_s: float = 0.5, quality: Quality = Quality.OK) -> Reading:
     return Reading(value, unit, NOW - int(age_s * 1e6), quality)  # type: ignore[arg-type]
 
 
-def small_site() -> Snapshot:
+def bus(name: str, state: BusState, load: float, rate: float, errors: int = 0, dropped: int = 0,
+        unknown: int = 0, bad: int = 0, last_error: str = "") -> dict[str, Reading]:
+    return {
+        f"{name}/State": at(state), f"{name}/BusLoad": at(load, "%"), f"{name}/RxFrames": at(1200),
+        f"{name}/RxRate": at(rate, "frames/s"), f"{name}/ErrorFrames": at(errors), f"{name}/Dropped": at(dropped),
+        f"{name}/UnknownIds": at(unknown), f"{name}/BadFrames": at(bad), f"{name}/LastError": at(last_error),
+    }
+
+
+def site() -> Snapshot:
+    """Three buses, three devices: one healthy (a stale current), one lost with an EMCY, one J1939
+    with values not available or invalid and a DM1 warning."""
     snap: dict[str, Reading] = {}
-    for bus, unknown in (("can0", 3), ("can1", 0)):
-        snap |= {
-            f"{bus}/State": at(BusState.ERROR_ACTIVE if bus == "can0" else BusState.BUS_OFF),
-            f"{bus}/RxFrames": at(120), f"{bus}/RxRate": at(9.5, "frames/s"), f"{bus}/ErrorFrames": at(0),
-            f"{bus}/Dropped": at(0), f"{bus}/UnknownIds": at(unknown),
-        }
+    snap |= bus("can0", BusState.ERROR_ACTIVE, 12.5, 250.0, unknown=3)
+    snap |= bus("can1", BusState.BUS_OFF, 0.0, 0.0, errors=17, dropped=2, bad=1, last_error="bus-off")
+    snap |= bus("can2", BusState.ERROR_WARNING, 55.0, 1234.5, errors=120_000)
     snap |= {
         "bms_0/CommState": at(CommState.OK), "bms_0/LastSeen": at(NOW - 300_000, "µs"),
         "bms_0/Soc": at(77.0, "%"), "bms_0/Voltage": at(52.345, "V"),
         "bms_0/Current": at(-12.3, "A", 7.0, Quality.STALE), "bms_0/Temperature": at(25.375, "°C"),
-        "bms_0/AllowCharge": at(True), "bms_0/Alarm/OverTemperature": at(AlarmLevel.OK),
-        "bms_0/Alarm/CommLoss": at(AlarmLevel.OK),
-        "bms_1/CommState": at(CommState.LOST), "bms_1/LastSeen": at(NOW - 42_000_000, "µs"),
-        "bms_1/Soc": at(12.0, "%", 42.0, Quality.STALE), "bms_1/Alarm/OverTemperature": at(AlarmLevel.ALARM),
-        "bms_1/Alarm/CommLoss": at(AlarmLevel.ALARM),
+        "bms_0/DischargeMaxCurrent": at(80.0, "A"), "bms_0/AllowCharge": at(True),
+        "bms_0/Alarm/OverTemperature": at(AlarmLevel.OK), "bms_0/Alarm/CommLoss": at(AlarmLevel.OK),
+    }
+    snap |= {
+        "node_5/CommState": at(CommState.LOST), "node_5/LastSeen": at(NOW - 42_000_000, "µs"),
+        "node_5/Soc": at(12.0, "%", 42.0, Quality.STALE), "node_5/NmtState": at("PRE-OPERATIONAL", age_s=42.0),
+        "node_5/EmcyCode": at(0x4210, age_s=50.0), "node_5/EmcyText": at("temperature", age_s=50.0),
+        "node_5/Alarm/OverTemperature": at(AlarmLevel.ALARM), "node_5/Alarm/CommLoss": at(AlarmLevel.ALARM),
+    }
+    snap |= {
+        "hv_0/CommState": at(CommState.OK), "hv_0/LastSeen": at(NOW - 20_000, "µs"),
+        "hv_0/Soc": at(55.5, "%"), "hv_0/Voltage": at(None, "V", quality=Quality.NOT_AVAILABLE),
+        "hv_0/Current": at(None, "A", quality=Quality.INVALID), "hv_0/AvailableDischargePower": at(151750.0, "W"),
+        "hv_0/Dm1/ActiveDtcs": at('[{"spn":520201,"fmi":16,"oc":1}]'),
+        "hv_0/Alarm/CellOverVoltage": at(AlarmLevel.WARNING), "hv_0/Alarm/DiagnosticLamps": at(AlarmLevel.WARNING),
     }
     return Snapshot(snap, NOW)
 
 
+PACK = ("Soc", "Soh", "Voltage", "Current", "Temperature", "ChargeMaxVoltage", "DischargeMinVoltage",
+        "ChargeMaxCurrent", "DischargeMaxCurrent", "MinCellVoltage", "MaxCellVoltage", "MinCellTemperature",
+        "MaxCellTemperature", "Capacity", "AvailableChargePower", "PrechargeRelay", "BusConnection", "CellCount")
+
+
+def big_site() -> Snapshot:
+    """`site()` and a second pack on can0 with 18 channels and 5 alarms."""
+    snap = dict(site())
+    snap["pack_1/CommState"] = at(CommState.OK)
+    snap["pack_1/LastSeen"] = at(NOW - 100_000, "µs")
+    units = {"Voltage": "V", "Current": "A", "Temperature": "°C", "So": "%", "Capacity": "Ah", "Power": "W"}
+    for i, name in enumerate(PACK):
+        unit = next((u for key, u in units.items() if key in name), "")
+        snap[f"pack_1/{name}"] = at(10.0 + i * 7.25, unit)
+    for name in ("OverVoltage", "UnderVoltage", "OverTemperature", "UnderTemperature", "Insulation"):
+        snap[f"pack_1/Alarm/{name}"] = at(AlarmLevel.OK)
+    return Snapshot(snap, NOW)
+
+
+DEVICES = {
+    "bms_0": DeviceMeta("can0", "pylon-lv", "1.0.0"),
+    "node_5": DeviceMeta("can1", "cia418-bms", "1.0.0"),
+    "hv_0": DeviceMeta("can2", "j1939-hvess", "1.2.0"),
+    "pack_1": DeviceMeta("can0", "acme-hv", "1.0.0"),
+}
+
+
+def history() -> History:
+    """60 s of samples every second: the SoC climbs 60 -> 77 %, the voltage is flat, can0's load steps up."""
+    h = History()
+    for i in range(61):
+        t = NOW - (60 - i) * 1_000_000
+        h.sample({"bms_0/Soc": Reading(60.0 + 17 * i / 60, "%", t, Quality.OK),
+                  "bms_0/Voltage": Reading(52.345, "V", t, Quality.OK),
+                  "can0/BusLoad": Reading(5.0 if i < 30 else 12.5, "%", t, Quality.OK)}, t)
+    return h
+
+
+def event(t_s: float, source: str, kind: EventKind, severity: Severity, text: str, repeat: int = 1) -> Event:
+    return Event(NOW - int(t_s * 1e6), source, kind, severity, text, repeat)
+
+
+EVENTS = (
+    event(58, "bms_0", EventKind.COMM, Severity.INFO, "online: first frames received"),
+    event(50, "node_5", EventKind.EMCY, Severity.ALARM, "EMCY 0x4210 temperature · error register 0x09"),
+    event(44, "node_5", EventKind.COMM, Severity.ALARM, "comm lost: no frame within its timeout"),
+    event(30, "hv_0", EventKind.DM1, Severity.WARNING, "DM1 1 DTC: SPN 520201 FMI 16 · amber lamp"),
+    event(12, "bms_0", EventKind.COMMAND, Severity.OK, "SetChargeCurrent = 50 A acked: echo 50", 2),
+    event(3, "can1", EventKind.BUS, Severity.ALARM, "bus BUS_OFF (was ERROR_ACTIVE)"),
+)
+
+
+def frame(width: int, height: int, filters: Filters | None = None, snap: Snapshot | None = None,
+          status: str = "") -> object:
+    return render(snap if snap is not None else site(), NOW, width, height, filters, "emsbms monitor · test",
+                  history=history(), events=EVENTS, devices=DEVICES, events_total=9, status=status)
+
+
 def text_of(renderable: object, width: int = 80, height: int = 24) -> str:
-    console = Console(record=True, width=width, height=height, file=open("/dev/null", "w"))  # noqa: SIM115
+    console = Console(record=True, width=width, height=height, file=open(os.devnull, "w"))  # noqa: SIM115
     console.print(renderable)
     return console.export_text()
 
 
-EXPECTED_80X24 = """\
-emsbms monitor  2 devices  2 buses  22:13:20 UTC
-Bus       State     Rx/s  Err Drop  Unk Device          Comm    Seen Alarm
-can0      active     9.5    0    0    3 bms_0           OK      0.3s ok
-can1      bus-off    9.5    0    0    0 bms_1           LOST     42s CommLoss
-─ bms_0 ──────────────────────────── OK  2 alarms ok
- Soc                     77 % 0.5s ok   ─ bms_1 ────────────────────────── LOST
- Voltage             52.345 V 0.5s ok    Soc                     12 %  42s stale
- Current              -12.3 A 7.0s stale !CommLoss              ALARM 0.5s ok
- Temperature        25.375 °C 0.5s ok    !OverTemperature       ALARM 0.5s ok
- AllowCharge              yes 0.5s ok
-"""
+def lines_of(width: int, height: int, **kwargs: object) -> list[str]:
+    return [line.rstrip() for line in text_of(frame(width, height, **kwargs), width, height).splitlines()]  # type: ignore[arg-type]
+
+
+def check_snapshot(name: str, lines: list[str]) -> None:
+    path = SNAPSHOTS / name
+    text = "\n".join(lines) + "\n"
+    if UPDATE or not path.exists():
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        if not UPDATE:
+            pytest.fail(f"{path} did not exist: written; check it and run again")
+    assert text == path.read_text(encoding="utf-8"), f"{name} differs (EMSBMS_UPDATE_SNAPSHOTS=1 rewrites it)"
+
+
+# -- snapshots ------------------------------------------------------------------------------------
 
 
 def test_render_80x24_snapshot() -> None:
-    text = text_of(render(small_site(), NOW, 80, 24))
-    assert [line.rstrip() for line in text.splitlines()] == EXPECTED_80X24.splitlines()
-    assert all(len(line) == 80 for line in text.splitlines()[:9])
+    lines = lines_of(80, 24)
+    check_snapshot("monitor-80x24.txt", lines)
+    assert len(lines) <= 24 and max(len(line) for line in lines) <= 80
 
 
-def test_render_fits_80x24_with_many_channels() -> None:
-    snap = dict(small_site())
-    for d in range(6):
-        for c in range(30):
-            snap[f"dev_{d}/Channel{c:02d}"] = at(float(c) * 1.5, "V")
-    text = text_of(render(Snapshot(snap, NOW), NOW, 80, 24))
-    lines = text.splitlines()
-    assert len(lines) == 24
-    assert max(len(line) for line in lines) <= 80
-    # cells: 8 device headers, bms_0 5 channels + "2 alarms ok", bms_1 3, dev_* 6 x 30 = 197.
-    # 24 lines - 1 header - 9 pane lines (header + 8 devices) = 14 rows x 2 columns = 28 places;
-    # 27 cells a page (the 28th says how many are left: 197 - 27 = 170), ceil(197 / 27) = 8 pages
-    assert lines[-1].rstrip().endswith("+170 more · page 1/8")
+def test_render_200x50_snapshot() -> None:
+    lines = lines_of(200, 50, snap=big_site())
+    check_snapshot("monitor-200x50.txt", lines)
+    assert len(lines) <= 50 and max(len(line) for line in lines) <= 200
 
 
-def test_pages_turn_through_every_channel() -> None:
-    snap = dict(small_site())
+# -- layout -------------------------------------------------------------------------------------------
+
+
+def test_pages_turn_through_every_channel_at_80x24() -> None:
+    snap = dict(site())
     for c in range(60):
         snap[f"dev_0/Channel{c:02d}"] = at(float(c), "V")
     seen: set[str] = set()
-    # bms_0 6 + bms_1 3 + dev_0 60 + 3 headers = 72 cells; 24 lines - 1 header - 4 pane lines
-    # (header + 3 devices) = 19 rows x 2 columns = 38 places, 37 cells a page: 2 pages
-    for page in range(3):
-        text = text_of(render(Snapshot(snap, NOW), NOW, 80, 24, Filters(page=page)))
-        seen |= set(re.findall(r"Channel\d\d", text))
-        assert f"page {page % 2 + 1}/2" in text
+    pages = set()
+    for page in range(6):
+        lines = lines_of(80, 24, filters=Filters(page=page), snap=Snapshot(snap, NOW))
+        assert len(lines) <= 24 and max(len(line) for line in lines) <= 80
+        seen |= set(re.findall(r"Channel\d\d", "\n".join(lines)))
+        note = re.fullmatch(r" page (\d)/(\d) · \d+ more lines on the other pages", lines[-1])
+        assert note is not None, lines[-1]
+        pages.add((int(note.group(1)), int(note.group(2))))
     assert seen == {f"Channel{c:02d}" for c in range(60)}
+    # 4 device headers + bms_0 7 + node_5 6 + hv_0 6 + dev_0 60 = 83 cells. 24 lines - 1 header -
+    # 5 bus/device lines - 4 event lines (title + 24 // 7) - 1 page line = 13 rows x 2 columns =
+    # 26 cells a page; pages 2.. start inside dev_0 and repeat its header: 26 + 25 + 25 + 10 = 86 = 83 + 3
+    assert pages == {(1, 4), (2, 4), (3, 4), (4, 4)}
 
 
-def test_render_narrow_terminal_stacks_panes() -> None:
-    text = text_of(render(small_site(), NOW, 60, 14), width=60, height=14)
-    lines = text.splitlines()
-    assert len(lines) <= 14
-    assert max(len(line) for line in lines) <= 60
-    assert lines[1].startswith("Bus ")
-    assert lines[4].startswith("Device ")
+def test_a_page_that_starts_inside_a_device_repeats_its_header() -> None:
+    snap = dict(site())
+    for c in range(60):
+        snap[f"dev_0/Channel{c:02d}"] = at(float(c), "V")
+    lines = lines_of(80, 24, filters=Filters(page=2), snap=Snapshot(snap, NOW))
+    assert lines[10].startswith("─ dev_0 (cont.) ─")  # the first line after the panes
+    assert lines[11].startswith(" Channel27 ")
 
 
-def test_device_filter_hides_other_devices() -> None:
-    text = text_of(render(small_site(), NOW, 80, 24, Filters(devices=("bms_1",))))
-    assert "bms_0" not in text
-    assert "─ bms_1" in text
-    assert "filter: bms_1" in text.splitlines()[0]
+def test_narrow_terminal_stacks_the_panes() -> None:
+    lines = lines_of(60, 20)
+    assert len(lines) <= 20 and max(len(line) for line in lines) <= 60
+    assert lines[1].startswith("Bus  State ")
+    assert any(line.startswith("Device ") for line in lines[2:6])
+    assert any(line.startswith("Time UTC Source") for line in lines)
+
+
+def test_wide_terminal_puts_the_event_log_beside_the_panes() -> None:
+    lines = lines_of(200, 50, snap=big_site())
+    assert "Profile" in lines[1] and "Events (9, newest last)" in lines[1]
+    assert lines[1].index("Device") < lines[1].index("Time UTC")
+    assert "page" not in "\n".join(lines)  # every channel on one page
+    assert lines[9].startswith(" Soc                         77 % 0.5s ▁▂▃▃▄▅▆▆▇█ ")  # 10 characters of SoC
+
+
+def test_device_filter_shows_that_device_and_its_events() -> None:
+    lines = lines_of(80, 24, filters=Filters(devices=("node_5",), buses=("can1",)))
+    text = "\n".join(lines)
+    assert "bms_0" not in text and "hv_0" not in text
+    assert "filter: node_5,can1" in lines[0]
+    assert "─ node_5 " in text
+    assert "comm lost: no frame within its timeout" in text and "online: first frames received" not in text
+    assert "bus BUS_OFF" in text  # can1's event
 
 
 def test_bus_filter_keeps_only_that_bus() -> None:
-    lines = text_of(render(small_site(), NOW, 80, 24, Filters(buses=("can1",)))).splitlines()
-    assert lines[2].startswith("can1      bus-off")
-    assert not any(line.startswith("can0") for line in lines)
+    lines = lines_of(80, 24, filters=Filters(buses=("can1",), devices=("node_5",)))
+    assert lines[2].startswith("can1 BUS_OFF")
+    assert not any(line.startswith(("can0", "can2")) for line in lines)
 
 
 def test_empty_snapshot_says_waiting() -> None:
     assert text_of(render(Snapshot({}, NOW), NOW)).splitlines()[1].startswith("waiting for data")
 
 
-def test_colours_follow_quality() -> None:
-    console = Console(record=True, width=80, height=24, file=open("/dev/null", "w"), color_system="truecolor")  # noqa: SIM115
-    console.print(render(small_site(), NOW, 80, 24))
-    html = console.export_html(inline_styles=True)
-    # the stale current is drawn yellow, the LOST state bold red
-    assert "-12.3 A" in html
-    stale_span = html[html.index("-12.3 A") - 120 : html.index("-12.3 A")]
-    assert "#808000" in stale_span  # rich's standard "yellow"
-    lost_span = html[html.index("LOST") - 120 : html.index("LOST")]
-    assert "#800000" in lost_span and "bold" in lost_span
+def test_header_status_and_counts() -> None:
+    assert lines_of(70, 24, status="PAUSED · space resumes")[0] == (
+        "emsbms monitor · test  22:13:20 UTC" + " " * 12 + "PAUSED · space resumes")  # the counts give way
+    wide = lines_of(120, 30, status="q quit")[0]
+    assert wide.startswith("emsbms monitor · test  3 devices  3 buses  22:13:20 UTC ") and wide.endswith("q quit")
+
+
+# -- colours ------------------------------------------------------------------------------------------
+
+
+def styles_of(renderable: object, width: int = 80, height: int = 24) -> str:
+    console = Console(record=True, width=width, height=height, file=open(os.devnull, "w"),  # noqa: SIM115
+                      color_system="truecolor")
+    console.print(renderable)
+    return console.export_html(inline_styles=True)
+
+
+def style_before(html: str, text: str) -> str:
+    i = html.index(text)
+    return html[html.rindex("<span", 0, i) : i]
+
+
+def test_colours_follow_quality_state_and_severity() -> None:
+    html = styles_of(frame(200, 50, snap=big_site()), 200, 50)
+    assert "#808000" in style_before(html, "-12.3 A")  # stale: yellow
+    assert "#800000" in style_before(html, "invalid")  # invalid: red
+    lost = style_before(html, "LOST ")
+    assert "#800000" in lost and "bold" in lost  # a lost device: bold red
+    assert "#008000" in style_before(html, "ACTIVE ")  # ERROR_ACTIVE: green
+    assert "#800000" in style_before(html, "BUS_OFF")  # BUS_OFF: red
+    assert "#808000" in style_before(html, "WARNING")  # ERROR_WARNING: yellow
+    assert "#808000" in style_before(html, "55.0%")  # a load over 50 %: yellow
+    assert "#800000" in style_before(html, "120k")  # error frames: red
+    assert "#800000" in style_before(html, "EMCY 0x4210")  # an ALARM event
+    assert "#008000" in style_before(html, "SetChargeCurrent = 50 A acked")  # an acked command
+    assert "#808000" in style_before(html, "CellOverVoltage DiagnosticLamps")  # a warning alarm
+
+
+def test_unknown_bus_state_is_dim() -> None:
+    snap = Snapshot(bus("can9", BusState.UNKNOWN, 1.0, 10.0), NOW)
+    html = styles_of(render(snap, NOW))
+    assert "#7f7f7f" in style_before(html, "unknown")  # rich draws "dim" as grey
+
+
+# -- text helpers, history, columns, keys ----------------------------------------------------------------
 
 
 def test_format_helpers() -> None:
@@ -145,3 +290,49 @@ def test_format_helpers() -> None:
     assert format_age(NOW, NOW - 42_000_000) == "42s"
     assert format_age(NOW, NOW - 300_000_000) == "5m"
     assert format_age(NOW, 0) == "—"
+    assert abbreviate("DischargeMaxCurrent", 12) == "DisMaxCurr"
+    assert abbreviate("MaxCellTemperature", 13) == "MaxCellTemp"
+    assert abbreviate("Soc", 4) == "Soc"
+    assert abbreviate("SomethingVeryLongIndeed", 10) == "Something…"
+
+
+def test_sparkline_buckets_by_time_and_scales() -> None:
+    window = 8_000_000  # 8 s in 8 characters: one per second
+    points = [(NOW - 7_500_000 + i * 1_000_000, float(i)) for i in range(8)]  # 0..7, one per bucket
+    assert spark(points, NOW, window, 8) == "▁▂▃▄▅▆▇█"
+    assert spark(points[:4], NOW, window, 8) == "▁▃▆█    "  # 0..3 scaled over 8 levels; nothing after
+    assert spark([(NOW - 1, 5.0), (NOW - 2_000_000, 5.0)], NOW, window, 4) == "   ─"[:3] + "─"  # flat
+    assert spark([(NOW - 100, 25.0)], NOW, window, 2, scale=(0.0, 100.0)) == " ▃"  # 25 % of 7 levels -> 2
+    assert spark([], NOW, window, 3) == "   "
+    assert spark([(NOW - 9_000_000, 1.0)], NOW, window, 2) == "  "  # older than the window
+
+
+def test_history_samples_snapshots_with_gaps_when_stale() -> None:
+    h = History(window_s=10.0)
+    for i in range(5):
+        t = NOW + i * 400_000  # 2.5 redraws a second
+        h.sample({"d/Soc": Reading(50.0, "%", NOW, Quality.OK), "d/V": Reading(float(i), "V", t, Quality.OK),
+                  "d/State": Reading(CommState.OK, "", t, Quality.OK), "d/Text": Reading("x", "", t, Quality.OK),
+                  "d/I": Reading(1.0, "A", t, Quality.STALE)}, t)
+    # the unchanged SoC is held once a second (t = 0, 1.2 s), the changing voltage kept every time
+    assert [p[0] - NOW for p in h.series("d/Soc")] == [0, 1_200_000]
+    assert [v for _, v in h.series("d/V")] == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert h.series("d/State") == () and h.series("d/Text") == () and h.series("d/I") == ()
+    h.sample({"d/V": Reading(9.0, "V", NOW, Quality.OK)}, NOW + 12_000_000)  # the window moved past the rest
+    assert [v for _, v in h.series("d/V")] == [9.0]
+
+
+def test_columns_are_dropped_by_priority_and_grow_into_spare_room() -> None:
+    columns = [Column("A", 4), Column("B", 3, drop=2), Column("C", 3, drop=1), Column("D", 2, grow=5)]
+    assert plan(columns, 40) == [(0, 4), (1, 3), (2, 3), (3, 7)]  # 4+3+3+2 + 3 gaps = 15: D grows by 5
+    assert plan(columns, 12) == [(0, 4), (2, 3), (3, 3)]  # B (drop 2) goes first; D takes the spare cell
+    assert plan(columns, 7) == [(0, 4), (3, 2)]
+
+
+def test_keys_and_pages() -> None:
+    assert parse_keys(b"q") == [Key.QUIT]
+    assert parse_keys(b" \x1b[C\x1b[D\x1b[6~x") == [Key.PAUSE, Key.NEXT, Key.PREVIOUS, Key.NEXT]
+    pager = Pager(100.0, period_s=5.0, hold_s=30.0)
+    assert pager.at(104.9) == 0 and pager.at(105.0) == 1 and pager.at(109.0) == 1 and pager.at(110.0) == 2
+    assert pager.turn(-1, 111.0) == 1
+    assert pager.at(140.0) == 1 and pager.at(141.0) == 2  # a key holds the turning for 30 s

@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+import logging
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import Annotated
 
 import typer
 from rich.console import Console, RenderableType
 from rich.live import Live
+from rich.logging import RichHandler
 
-from emsbms.cli.common import Duration, handle_errors, run_until, state, stop_signals
+from emsbms.cli.common import Duration, handle_errors, state, stop_signals
 from emsbms.dispatch import now_us
 from emsbms.edge import Edge
 from emsbms.errors import ConfigError
-from emsbms.monitor import Filters, render
+from emsbms.events import EventLog, EventLogHandler
+from emsbms.monitor import DeviceMeta, Filters, History, render
+from emsbms.monitor._keys import HINT, Key, KeyReader, Pager
+from emsbms.registry import Snapshot
 from emsbms.site import Site
 
 REFRESH_S = 0.2
@@ -45,19 +53,95 @@ def make_filters(site: Site, devices: list[str], buses: list[str]) -> Filters:
     return Filters(devices=tuple(shown) if devices or buses else (), buses=tuple(buses))
 
 
-def show(edge: Edge, duration: float | None, filters: Filters, title: str, console: Console | None = None) -> None:
-    """Draw the monitor until Ctrl-C, SIGTERM or `duration` seconds."""
+def watch(edge: Edge) -> EventLog:
+    """An event log fed by `edge`'s registry (its devices and buses) and its command results.
+
+    Call it before the edge starts, so the first transitions are seen.
+    """
+    log = EventLog()
+    log.attach(edge.registry, buses=[b.name for b in edge.site.buses])
+    edge.on_command(log.post_command)
+    return log
+
+
+def device_metas(edge: Edge) -> dict[str, DeviceMeta]:
+    """Bus, profile and profile version of every device of `edge`."""
+    return {
+        d.name: DeviceMeta(d.bus, edge.profiles[d.name].name, edge.profiles[d.name].version)
+        for d in edge.site.devices
+    }
+
+
+@contextmanager
+def logs_into(events: EventLog, enabled: bool) -> Iterator[None]:
+    """While the block runs, log warnings go to `events` instead of the terminal, where they
+    would scroll the live screen (when `enabled`: the monitor draws on a terminal)."""
+    if not enabled:
+        yield
+        return
+    root = logging.getLogger()
+    muted = [h for h in root.handlers if isinstance(h, RichHandler)
+             or (type(h) is logging.StreamHandler and h.stream in (sys.stderr, sys.stdout))]
+    for h in muted:
+        root.removeHandler(h)
+    handler = EventLogHandler(events)
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        for h in muted:
+            root.addHandler(h)
+
+
+def show(
+    edge: Edge,
+    duration: float | None,
+    filters: Filters,
+    title: str,
+    console: Console | None = None,
+    events: EventLog | None = None,
+) -> None:
+    """Draw the monitor until q, Ctrl-C, SIGTERM or `duration` seconds.
+
+    Each redraw takes a snapshot, drains the event log and samples the history, all on this
+    (the main) thread; the receive threads only append to the event log's inbox. On a
+    terminal, keys pause the view and turn the pages of channels.
+    """
     console = console or Console()
-    started = time.monotonic()
+    log = events if events is not None else watch(edge)
+    history = History()
+    metas = device_metas(edge)
+    pager = Pager(time.monotonic(), PAGE_S)
+    paused: tuple[Snapshot, int] | None = None
 
-    def frame() -> RenderableType:
+    def frame(status: str) -> RenderableType:
         size = console.size
-        page = replace(filters, page=int((time.monotonic() - started) / PAGE_S))
-        return render(edge.snapshot(), now_us(), size.width, max(size.height - 1, 5), page, title)
+        snapshot, now = paused or (edge.snapshot(), now_us())
+        log.drain()
+        if paused is None:
+            history.sample(snapshot, now)
+        page = replace(filters, page=pager.page if paused else pager.at(time.monotonic()))
+        return render(snapshot, now, size.width, max(size.height - 1, 5), page, title, history=history,
+                      events=log.events(), devices=metas, events_total=log.total, status=status)
 
-    with stop_signals() as stop, Live(console=console, auto_refresh=False, redirect_stderr=True) as live:
-        run_until(stop, duration, REFRESH_S, lambda: live.update(frame(), refresh=True))
-        live.update(frame(), refresh=True)
+    deadline = None if duration is None else time.monotonic() + duration
+    live = Live(console=console, auto_refresh=False, redirect_stderr=True)
+    with stop_signals() as stop, KeyReader(stop, console.is_terminal) as keys, logs_into(log, console.is_terminal), \
+            live:
+        hint = HINT if keys.active else ""
+        while not stop.is_set():
+            live.update(frame("PAUSED · space resumes" if paused else hint), refresh=True)
+            left = REFRESH_S if deadline is None else min(REFRESH_S, deadline - time.monotonic())
+            if left <= 0:
+                break
+            for key in keys.wait(left):
+                if key is Key.QUIT:
+                    stop.set()
+                elif key is Key.PAUSE:
+                    paused = None if paused else (edge.snapshot(), now_us())
+                else:
+                    pager.turn(1 if key is Key.NEXT else -1, time.monotonic())
     if not console.is_terminal:
         console.line()  # Live leaves the last line open when it is not drawing on a terminal
 
@@ -76,5 +160,7 @@ def command(
     """A live view of every channel (value, unit, age, quality), the buses and the devices."""
     site = state(ctx).load_site()
     filters = make_filters(site, list(device or []), list(bus or []))
-    with Edge(site) as edge:
-        show(edge, duration, filters, f"emsbms monitor · {site.name}")
+    edge = Edge(site)
+    events = watch(edge)
+    with edge:
+        show(edge, duration, filters, f"emsbms monitor · {site.name}", events=events)

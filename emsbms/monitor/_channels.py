@@ -29,10 +29,12 @@ MIN_CELL = 40
 MAX_CELL = 64
 """Widest channel cell: wider terminals get more columns rather than longer sparklines."""
 
-VALUE_W = 11
 AGE_W = 4
 NAME_MAX = 19
-SPARK_MIN = 8
+SPARK_MIN = 7
+
+HEX_CHANNELS = {"EmcyCode": 4, "EmcyRegister": 2, "VendorId": 8, "ProductCode": 8, "Revision": 8}
+"""Codes and identity numbers, shown in hex with this many digits (and without a sparkline)."""
 
 
 @dataclass(frozen=True)
@@ -41,13 +43,15 @@ class CellPlan:
 
     width: int
     name: int
+    value: int
     spark: int
 
     @staticmethod
     def for_width(width: int, longest_name: int) -> CellPlan:
-        rest = max(0, width - VALUE_W - AGE_W - 5)  # 5: the lead space and the gaps between fields
+        value = 10 if width < 46 else 12
+        rest = max(0, width - value - AGE_W - 5)  # 5: the lead space and the gaps between fields
         name = max(min(10, rest), min(longest_name, NAME_MAX, rest - SPARK_MIN))
-        return CellPlan(width, name, max(0, rest - name))
+        return CellPlan(width, name, value, max(0, rest - name))
 
 
 @dataclass(frozen=True)
@@ -59,24 +63,39 @@ class Cell:
     header: bool = False
 
 
+def value_text(name: str, reading: Reading) -> str:
+    """A reading as the table shows it: value and unit, a code in hex, or its quality if it has no value."""
+    if reading.value is None:
+        return QUALITY_TEXT[reading.quality] if reading.quality is not Quality.OK else "—"
+    digits = HEX_CHANNELS.get(name)
+    if digits and isinstance(reading.value, int) and not isinstance(reading.value, bool):
+        return f"0x{reading.value:0{digits}X}"
+    return format_value(reading.value, reading.unit)
+
+
 def _value_cell(name: str, reading: Reading, scene: Scene, plan: CellPlan, prefix: str) -> Text:
     quality = reading.quality
-    if reading.value is None:
-        value_text = QUALITY_TEXT[quality] if quality is not Quality.OK else "—"
-    else:
-        value_text = format_value(reading.value, reading.unit)
+    text = value_text(name, reading)
     cell = Text(" " + fit(abbreviate(name, plan.name), plan.name) + " ")
-    cell.append(fit(value_text, VALUE_W, "right"), style=QUALITY_STYLE[quality])
+    age = fit(format_age(scene.now_us, reading.timestamp_us), AGE_W, "right")
     age_style = "yellow" if quality is Quality.STALE else "dim"
+    if isinstance(reading.value, str) and len(text) > plan.value:
+        # a long text (a state, an EMCY's meaning, a DTC list) takes the sparkline's place too
+        cell.append(fit(text, plan.value + (plan.spark + 1 if plan.spark else 0)), style=QUALITY_STYLE[quality])
+        cell.append(" ")
+        cell.append(age, style=age_style)
+        return fit_text(cell, plan.width)
+    cell.append(fit(text, plan.value, "right"), style=QUALITY_STYLE[quality])
     cell.append(" ")
-    cell.append(fit(format_age(scene.now_us, reading.timestamp_us), AGE_W, "right"), style=age_style)
+    cell.append(age, style=age_style)
     if plan.spark:
         cell.append(" ")
-        if quality is Quality.OK:
+        if quality is not Quality.OK:
+            if reading.value is not None:  # without a value, the value column says it already
+                cell.append(fit(QUALITY_TEXT[quality], plan.spark), style=QUALITY_STYLE[quality])
+        elif name not in HEX_CHANNELS:
             points = scene.history.series(prefix + name)
             cell.append(sparkline(points, scene.now_us, scene.history.window_us, plan.spark), style="cyan")
-        else:
-            cell.append(fit(QUALITY_TEXT[quality], plan.spark), style=QUALITY_STYLE[quality])
     return fit_text(cell, plan.width)
 
 
@@ -85,25 +104,28 @@ def _alarm_cell(name: str, reading: Reading, scene: Scene, plan: CellPlan) -> Te
     cell = Text(" ")
     cell.append(fit("!" + abbreviate(name.removeprefix("Alarm/"), plan.name - 1), plan.name), style=ALARM_STYLE[2])
     cell.append(" ")
-    cell.append(fit(ALARM_TEXT.get(lv, str(lv)), VALUE_W, "right"), style=ALARM_STYLE.get(lv, ""))
+    cell.append(fit(ALARM_TEXT.get(lv, str(lv)), plan.value, "right"), style=ALARM_STYLE.get(lv, ""))
     cell.append(" ")
     cell.append(fit(format_age(scene.now_us, reading.timestamp_us), AGE_W, "right"), style="dim")
     return fit_text(cell, plan.width)
 
 
 def device_header(scene: Scene, device: str, width: int, note: str = "") -> Text:
-    """``─ cia418_bms  cia418-bms 1.0.0 · can2 ───── OK``, exactly `width` wide."""
+    """``─ cia418_bms  cia418-bms 1.0.0 · can2 ───── OK``, exactly `width` wide: the profile and
+    bus are left out (the bus first) when they do not fit."""
     comm = scene.snapshot.get(f"{device}/CommState")
     state = enum_text(comm.value) if comm is not None else ""
     meta = scene.devices.get(device)
-    detail = " · ".join(x for x in (meta.profile_text, meta.bus) if x) if meta else ""
-    room = width - len(state) - 6
+    room = width - len(state) - 6  # "─ " before, " ─ " and a space around the state
+    name = fit(device + note, min(len(device + note), max(room, 4)))
     head = Text("─ ", style="bold")
-    head.append(fit(device + note, min(len(device + note), max(room, 4))), style="bold")
-    left = room - len(device + note) - 2
-    if detail and left >= 6:
-        head.append("  ")
-        head.append(fit(detail, min(len(detail), left)), style="dim")
+    head.append(name, style="bold")
+    if meta is not None and not note:
+        for detail in (" · ".join(x for x in (meta.profile_text, meta.bus) if x), meta.profile_text):
+            if detail and len(name) + 2 + len(detail) <= room:
+                head.append("  ")
+                head.append(detail, style="dim")
+                break
     fill = width - head.cell_len - len(state) - 2
     head.append(" " + "─" * max(0, fill - 1) + " ", style="bold")
     head.append(state, style=COMM_STYLE.get(state, ""))
@@ -156,11 +178,11 @@ def choose_columns(width: int, rows: int, cells: int) -> int:
 
 
 def paginate(cells: Sequence[Cell], capacity: int, scene: Scene, width: int) -> list[list[Cell]]:
-    """Split `cells` into pages of at most `capacity` cells, the last place of each page kept
-    for a note; a page that starts inside a device repeats its header."""
+    """Split `cells` into pages of at most `capacity` cells; a page that starts inside a device
+    repeats its header."""
     if len(cells) <= capacity:
         return [list(cells)]
-    per_page = max(2, capacity - 1)
+    per_page = max(2, capacity)
     pages: list[list[Cell]] = [[]]
     for cell in cells:
         if len(pages[-1]) >= per_page:
@@ -172,17 +194,19 @@ def paginate(cells: Sequence[Cell], capacity: int, scene: Scene, width: int) -> 
 
 
 def flow(cells: Sequence[Cell], columns: int, rows: int, cell_w: int, page: int, scene: Scene) -> list[Text]:
-    """Lay cells out column by column in at most `rows` lines; turn to page `page` (modulo the
-    page count) when they do not fit, and say so in the last place."""
+    """Lay cells out column by column in at most `rows` lines. When they do not fit, show page
+    `page` (modulo the page count) and say so on a last line of its own."""
     if rows <= 0 or not cells:
         return []
     pages = paginate(cells, columns * rows, scene, cell_w)
-    shown = [c.text for c in pages[page % len(pages)]]
+    note: Text | None = None
     if len(pages) > 1:
-        real = sum(1 for c in cells if not c.header)
-        on_page = sum(1 for c in pages[page % len(pages)] if not c.header)
-        note = f" page {page % len(pages) + 1}/{len(pages)} · {real - on_page} more rows"
-        shown.append(Text(fit(note, cell_w), style="reverse"))
+        pages = paginate(cells, columns * max(1, rows - 1), scene, cell_w)
+        shown = pages[page % len(pages)]
+        hidden = sum(1 for c in cells if not c.header) - sum(1 for c in shown if not c.header)
+        note = Text(f" page {page % len(pages) + 1}/{len(pages)} · {hidden} more lines on the other pages ",
+                    style="reverse")
+    shown = pages[page % len(pages)]
     used_rows = min(rows, math.ceil(len(shown) / columns))
     lines: list[Text] = []
     for r in range(used_rows):
@@ -190,6 +214,6 @@ def flow(cells: Sequence[Cell], columns: int, rows: int, cell_w: int, page: int,
         for c in range(columns):
             i = c * used_rows + r
             if i < len(shown):
-                line.append_text(shown[i])
+                line.append_text(shown[i].text)
         lines.append(line)
-    return lines
+    return [*lines, note] if note is not None else lines

@@ -12,13 +12,17 @@ WINDOW_S = 60.0
 """How much history a sparkline shows."""
 
 
-class History:
-    """The numeric values of every channel over the last `window_s`, one point per new reading.
+HOLD_US = 1_000_000
+"""An unchanged value is sampled again after this long, so slow channels draw a continuous line."""
 
-    `sample(snapshot)` is called by the monitor on its own thread (never by the registry), once
-    per redraw: a channel whose reading has not changed since the last call adds nothing, so
-    the history holds at most one point per redraw and per channel, and at most `max_points`.
-    Only ok readings of numbers and booleans are kept; stale spells leave gaps.
+
+class History:
+    """The numeric values of every channel over the last `window_s`, sampled from snapshots.
+
+    `sample(snapshot, now_us)` is called by the monitor on its own thread (never by the
+    registry), once per redraw. It keeps a point (now, value) for every channel whose value is
+    ok and changed, or unchanged for `HOLD_US`: so a slow channel draws a line while it is
+    fresh, and a stale or invalid spell leaves a gap. At most `max_points` per channel.
     """
 
     def __init__(self, window_s: float = WINDOW_S, max_points: int = 600) -> None:
@@ -27,8 +31,8 @@ class History:
         self._series: dict[str, deque[tuple[int, float]]] = {}
 
     def sample(self, snapshot: Mapping[str, Reading], now_us: int) -> None:
-        """Add the readings of `snapshot` that are new since the last call; forget points older
-        than the window."""
+        """Add a point for the readings of `snapshot` that are ok and numeric (booleans count
+        as 0/1); forget points older than the window."""
         horizon = now_us - self.window_us
         for address, reading in snapshot.items():
             value = reading.value
@@ -37,10 +41,10 @@ class History:
             series = self._series.get(address)
             if series is None:
                 series = self._series[address] = deque(maxlen=self.max_points)
-            if series and series[-1][0] == reading.timestamp_us:
+            elif series[-1][1] == value and now_us - series[-1][0] < HOLD_US:
                 continue
-            series.append((reading.timestamp_us, float(value)))
-            while series and series[0][0] < horizon:
+            series.append((now_us, float(value)))
+            while series[0][0] < horizon:
                 series.popleft()
 
     def series(self, address: str) -> Sequence[tuple[int, float]]:

@@ -4,6 +4,7 @@ across from 150)."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -24,8 +25,8 @@ SIDE_BY_SIDE_MIN = 78
 WIDE_MIN = 150
 """From this width the event log stands beside them too."""
 
-EVENTS_WIDE_MIN = 60
-"""The event pane's narrowest width when it stands beside the others."""
+EVENTS_WIDE_MAX = 100
+"""Beyond this width the event pane gives room back to the bus pane (for its load sparkline)."""
 
 
 def render(
@@ -40,33 +41,49 @@ def render(
     events: Sequence[Event] = (),
     devices: Mapping[str, DeviceMeta] | None = None,
     events_total: int = 0,
+    status: str = "",
 ) -> RenderableType:
     """Draw a snapshot (with its history and events) as at most `height` lines of `width` cells.
 
     Pure: it reads no clock and touches no bus; `now_us` is the time the ages are counted to.
+    `status` goes at the right of the header line (key hints, "PAUSED"), if it fits.
     """
     scene = Scene(snapshot, now_us, history or History(), tuple(events), devices or {}, events_total)
-    return render_scene(scene, width, height, filters or Filters(), title)
+    return render_scene(scene, width, height, filters or Filters(), title, status)
 
 
-def render_scene(scene: Scene, width: int, height: int, filters: Filters, title: str) -> RenderableType:
+def render_scene(scene: Scene, width: int, height: int, filters: Filters, title: str,
+                 status: str = "") -> RenderableType:
     """`render` for a ready-made Scene."""
     view = classify(scene, filters)
-    lines: list[Text] = [_header(view, scene.now_us, width, title, filters)]
+    lines: list[Text] = [_header(view, scene.now_us, width, title, filters, status)]
     if not scene.snapshot:
         lines.append(Text(fit("waiting for data…", width), style="dim"))
         return _group(lines, width, height)
-    lines.extend(_panes(scene, view, width, height))
-    lines.extend(_channels(scene, view, width, height - len(lines), filters.page))
+    body = height - 1
+    pane_rows = max(1, min(max(len(view.buses), len(view.devices), 1), max(2, body // 3)))
+    event_rows = max(2, min(12, height // 7))
+    panes = _panes(scene, view, width, height, pane_rows, event_rows)
+    columns, needed = _table_shape(view, width, body - len(panes))
+    spare = body - len(panes) - needed
+    if spare > 0 and len(view.events) > event_rows:  # the table does not need every line: more events
+        panes = _panes(scene, view, width, height, pane_rows, event_rows + spare)
+    lines.extend(panes)
+    lines.extend(_channels(scene, view, width, body - len(panes), columns, filters.page))
     return _group(lines, width, height)
 
 
-def _header(view: View, now_us: int, width: int, title: str, filters: Filters) -> Text:
+def _header(view: View, now_us: int, width: int, title: str, filters: Filters, status: str) -> Text:
+    """Title, counts, clock and filter on the left, `status` on the right; the counts go first
+    when both do not fit, then the status."""
     clock = time.strftime("%H:%M:%S", time.gmtime(now_us / 1e6))
-    parts = [title, count(len(view.devices), "device"), count(len(view.buses), "bus"), f"{clock} UTC"]
-    if filters.devices or filters.buses:
-        parts.append("filter: " + ",".join(filters.devices + filters.buses))
-    return Text(fit("  ".join(parts), width), style="bold reverse")
+    counts = [count(len(view.devices), "device"), count(len(view.buses), "bus")]
+    extra = ["filter: " + ",".join(filters.devices + filters.buses)] if filters.devices or filters.buses else []
+    for parts in ([title, *counts, f"{clock} UTC", *extra], [title, f"{clock} UTC", *extra]):
+        left = "  ".join(parts)
+        if status and len(left) + len(status) + 3 <= width:
+            return Text(left + " " * (width - len(left) - len(status) - 1) + status + " ", style="bold reverse")
+    return Text(fit("  ".join([title, *counts, f"{clock} UTC", *extra]), width), style="bold reverse")
 
 
 def _natural(columns: Sequence[Column], most_drop: int) -> int:
@@ -75,28 +92,33 @@ def _natural(columns: Sequence[Column], most_drop: int) -> int:
     return sum(kept) + len(kept) - 1
 
 
-def _panes(scene: Scene, view: View, width: int, height: int) -> list[Text]:
-    rows = max(1, min(max(len(view.buses), len(view.devices), 1), max(2, height // 4)))
-    event_rows = max(2, min(12, height // 7))
+def _panes(scene: Scene, view: View, width: int, height: int, rows: int, event_rows: int) -> list[Text]:
+    """The bus, device and event panes: `rows` lines of buses and devices (plus titles), up
+    to `event_rows` events."""
+    shown_events = min(event_rows, max(1, len(view.events)))
     if width >= WIDE_MIN:
-        return _three_across(scene, view, width, max(rows, min(event_rows, 6)))
+        return _three_across(scene, view, width, max(rows, shown_events))
     if width >= SIDE_BY_SIDE_MIN:
         bus_w = _natural(bus_columns(view), 0)
         left = bus_pane(scene, view, bus_w, rows)
         right = device_pane(scene, view, width - bus_w - 1, rows)
-        return [*_beside([left, right], [bus_w, width - bus_w - 1]),
-                *event_pane(scene, view, width, min(event_rows, max(1, len(view.events))))]
+        return [*_beside([left, right], [bus_w, width - bus_w - 1]), *event_pane(scene, view, width, shown_events)]
     small = max(1, height // 6)
     return [*bus_pane(scene, view, width, min(rows, small)), *device_pane(scene, view, width, min(rows, small)),
-            *event_pane(scene, view, width, min(2, max(1, len(view.events))))]
+            *event_pane(scene, view, width, min(2, shown_events))]
 
 
 def _three_across(scene: Scene, view: View, width: int, rows: int) -> list[Text]:
-    bus_w = _natural(bus_columns(view), 5)
-    device_w = min(76, (width - bus_w - 2) // 2)
+    """Buses, devices and events side by side: the bus pane keeps its counters (its load
+    sparkline only if the others have room), the device and event panes share the rest."""
+    columns = bus_columns(view)
+    bus_w = _natural(columns, 4)
+    device_w = (width - bus_w - 2) // 2
     event_w = width - bus_w - device_w - 2
-    if event_w < EVENTS_WIDE_MIN:
-        bus_w = max(_natural(bus_columns(view), 0), bus_w - (EVENTS_WIDE_MIN - event_w))
+    if event_w > EVENTS_WIDE_MAX:
+        with_spark = _natural(columns, 5)
+        bus_w = min(with_spark + 12, bus_w + 2 * (event_w - EVENTS_WIDE_MAX))
+        device_w = (width - bus_w - 2) // 2
         event_w = width - bus_w - device_w - 2
     panes = [bus_pane(scene, view, bus_w, rows), device_pane(scene, view, device_w, rows),
              event_pane(scene, view, event_w, rows)]
@@ -119,10 +141,18 @@ def _beside(panes: Sequence[Sequence[Text]], widths: Sequence[int]) -> list[Text
     return lines
 
 
-def _channels(scene: Scene, view: View, width: int, rows: int, page: int) -> list[Text]:
+def _table_shape(view: View, width: int, rows: int) -> tuple[int, int]:
+    """(columns, lines) the channel table takes in `rows` lines of `width` cells."""
+    if rows <= 0:
+        return 1, 0
+    cells = cell_count(view)
+    columns = choose_columns(width, rows, cells)
+    return columns, min(rows, math.ceil(cells / columns))
+
+
+def _channels(scene: Scene, view: View, width: int, rows: int, columns: int, page: int) -> list[Text]:
     if rows <= 0:
         return []
-    columns = choose_columns(width, rows, cell_count(view))
     cell_w = width // columns
     cells = channel_cells(scene, view, CellPlan.for_width(cell_w, longest_name(view)))
     return flow(cells, columns, rows, cell_w, page, scene)

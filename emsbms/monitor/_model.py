@@ -116,13 +116,16 @@ def channel_key(name: str) -> tuple[int, int, str]:
 
 
 def classify(scene: Scene, filters: Filters) -> View:
-    """Split the snapshot into buses and devices, apply the filters and sort the channels."""
+    """Split the snapshot into buses and devices, apply the filters and sort: devices by bus
+    (so a bus and its device share a line when each bus has one) and name, channels by `channel_key`."""
     prefixes: dict[str, list[tuple[str, Reading]]] = {}
     for address, reading in scene.snapshot.items():
         prefix, _, name = address.partition("/")
         prefixes.setdefault(prefix, []).append((name, reading))
     buses = sorted(p for p, rows in prefixes.items() if any(n == BUS_MARKER for n, _ in rows))
-    devices = sorted(p for p in prefixes if p not in buses and filters.device(p))
+    bus_of = {name: meta.bus for name, meta in scene.devices.items()}
+    devices = sorted((p for p in prefixes if p not in buses and filters.device(p)),
+                     key=lambda d: (d not in bus_of, bus_of.get(d, ""), d))
     channels = {
         d: sorted(((n, r) for n, r in prefixes[d] if n not in DEVICE_PANE_CHANNELS), key=lambda x: channel_key(x[0]))
         for d in devices

@@ -22,7 +22,7 @@ from emsbms.monitor._model import (
     enum_text,
     level,
 )
-from emsbms.monitor._text import fit, fit_text, format_age, format_rate, sparkline
+from emsbms.monitor._text import fit, fit_text, format_age, format_rate, shorten, sparkline
 from emsbms.types import Reading, Value
 
 Cell = Text | str
@@ -108,8 +108,8 @@ def bus_columns(view: View) -> list[Column]:
     name_w = max(3, min(12, max((len(b) for b in view.buses), default=3)))
     return [
         Column("Bus", name_w), Column("State", 7), Column("Load", 6, "right"), Column("Rx/s", 6, "right"),
-        Column("Err", 4, "right"), Column("Drop", 4, "right"), Column("Unk", 4, "right", drop=3),
-        Column("Bad", 4, "right", drop=4), Column("Load, last min", 14, drop=5, grow=10),
+        Column("Err", 4, "right"), Column("Drop", 4, "right"), Column("Unk", 4, "right", drop=4),
+        Column("Bad", 4, "right", drop=3), Column("Load 1 min", 12, drop=5, grow=12),
         Column("Last error", 10, drop=6, grow=40),
     ]
 
@@ -123,7 +123,7 @@ def _bus_row(scene: Scene, bus: str, spark_w: int) -> list[Cell]:
         v = _value(scene, f"{bus}/{name}")
         counters.append(Text(format_count(v), style=bad if isinstance(v, int) and v > 0 else "dim"))
     points = scene.history.series(f"{bus}/BusLoad")
-    spark = sparkline(points, scene.now_us, scene.history.window_us, spark_w)
+    spark = sparkline(points, scene.now_us, scene.history.window_us, spark_w, scale=(0.0, 100.0))
     last_error = _value(scene, f"{bus}/LastError")
     return [
         Text(bus, style="bold"),
@@ -151,15 +151,27 @@ def bus_pane(scene: Scene, view: View, width: int, rows: int) -> list[Text]:
 # -- devices -----------------------------------------------------------------------------------
 
 
-def _alarms(channels: Sequence[tuple[str, Reading]]) -> Text:
+def _alarms(channels: Sequence[tuple[str, Reading]], width: int) -> Text:
+    """The active alarms, worst first, coloured by level, in `width` cells: names are shortened,
+    and those that do not fit are counted (``+2``)."""
     active = sorted(((level(r.value), n.removeprefix("Alarm/")) for n, r in channels
                      if n.startswith("Alarm/") and level(r.value) > 0), key=lambda x: (-x[0], x[1]))
     if not active:
         return Text("none", style="green")
+    names = [name for _, name in active]
+    if len(" ".join(names)) > width:
+        names = [shorten(name) for name in names]
     out = Text()
-    for i, (lv, name) in enumerate(active):
+    for i, ((lv, _), name) in enumerate(zip(active, names, strict=True)):
+        more = f" +{len(names) - i}"
+        if i and out.cell_len + 1 + len(name) + (len(more) if i < len(names) - 1 else 0) > width:
+            out.append(more, style="bold")
+            break
         out.append((" " if i else "") + name, style=ALARM_STYLE.get(lv, ""))
     return out
+
+
+ALARMS_COLUMN = Column("Alarms", 12, grow=60)
 
 
 def _comm(scene: Scene, device: str) -> Text:
@@ -189,8 +201,9 @@ def device_pane(scene: Scene, view: View, width: int, rows: int) -> list[Text]:
     spec += [
         (Column("Comm", 7), lambda d: _comm(scene, d)),
         (Column("Seen", 4, "right"), lambda d: _seen(scene, d)),
-        (Column("Active alarms", 12, grow=60), lambda d: _alarms(view.channels.get(d, []))),
     ]
+    alarms_w = dict(plan([c for c, _ in spec] + [ALARMS_COLUMN], width)).get(len(spec), ALARMS_COLUMN.width)
+    spec.append((ALARMS_COLUMN, lambda d: _alarms(view.channels.get(d, []), alarms_w)))
     shown, more = cut(view.devices, rows)
     lines = table([c for c, _ in spec], [[f(d) for _, f in spec] for d in shown], width)
     if more:
@@ -216,4 +229,7 @@ def event_pane(scene: Scene, view: View, width: int, rows: int) -> list[Text]:
 def _event_row(event: Event) -> list[Cell]:
     clock = time.strftime("%H:%M:%S", time.gmtime(event.timestamp_us / 1e6))
     style = SEVERITY_STYLE.get(event.severity, "")
-    return [Text(clock, style="dim"), Text(event.source, style="bold"), Text(event.text, style=style)]
+    text = Text(event.text, style=style)
+    if event.repeat > 1:
+        text.append(f" ×{event.repeat}", style="bold")
+    return [Text(clock, style="dim"), Text(event.source, style="bold"), text]

@@ -22,6 +22,7 @@ ABBREVIATIONS = (
     ("Balancing", "Bal"), ("Requested", "Req"), ("Operational", "Op"), ("Connection", "Conn"),
     ("Energy", "Enrg"), ("Power", "Pwr"), ("Status", "Stat"), ("Warning", "Warn"),
     ("Malfunction", "Mal"), ("Maximum", "Max"), ("Minimum", "Min"), ("Number", "Num"),
+    ("Diagnostic", "Diag"), ("Relay", "Rly"), ("Protect", "Prot"),
 )
 """Word shortenings tried in order, until a channel name fits its column."""
 
@@ -62,6 +63,13 @@ def abbreviate(name: str, width: int) -> str:
             break
         name = name.replace(long, short)
     return fit(name, width) if len(name) > width else name
+
+
+def shorten(name: str) -> str:
+    """A name with every word of `ABBREVIATIONS` shortened (``OverTemperature`` -> ``OverTemp``)."""
+    for long, short in ABBREVIATIONS:
+        name = name.replace(long, short)
+    return name
 
 
 def format_number(value: float) -> str:
@@ -113,12 +121,14 @@ def count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}{'es' if noun.endswith('s') else 's'}"
 
 
-def sparkline(points: Sequence[tuple[int, float]], now_us: int, window_us: int, width: int) -> str:
+def sparkline(points: Sequence[tuple[int, float]], now_us: int, window_us: int, width: int,
+              scale: tuple[float, float] | None = None) -> str:
     """The last `window_us` of `points` ((timestamp µs, value), oldest first) in `width` characters.
 
     Each character covers window/width of time and shows the mean of the points in it, scaled
-    between the lowest and highest mean of the window; a bucket without points is a space, and a
-    window whose values do not change is a flat line (``─``).
+    between the lowest and highest mean of the window (or the fixed `scale`, e.g. (0, 100) for
+    a percentage); a bucket without points is a space, and a window whose values do not change
+    is a flat line (``─``).
     """
     if width <= 0:
         return ""
@@ -135,8 +145,9 @@ def sparkline(points: Sequence[tuple[int, float]], now_us: int, window_us: int, 
     present = [m for m in means if m is not None]
     if not present:
         return " " * width
-    lo, hi = min(present), max(present)
+    lo, hi = scale if scale is not None else (min(present), max(present))
     if hi - lo <= 1e-9 * max(1.0, abs(hi), abs(lo)):
         return "".join(FLAT if m is not None else " " for m in means)
     top = len(SPARKS) - 1
-    return "".join(" " if m is None else SPARKS[round((m - lo) / (hi - lo) * top)] for m in means)
+    return "".join(" " if m is None else SPARKS[max(0, min(top, round((m - lo) / (hi - lo) * top)))]
+                   for m in means)
