@@ -3,22 +3,32 @@ pages, sparklines, history, keys; and the live loop against a simulated device."
 
 from __future__ import annotations
 
+import io
+import logging
 import os
 import re
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from rich.console import Console
 
 from emsbms.bus import BusState
-from emsbms.events import Event, EventKind, Severity
+from emsbms.cli import monitor as monitor_cli
+from emsbms.demo import Action, Scenario, Step
+from emsbms.edge import Edge
+from emsbms.events import Event, EventKind, EventLog, Severity
 from emsbms.monitor import DeviceMeta, Filters, History, abbreviate, format_age, format_number, format_value, render
 from emsbms.monitor import sparkline as spark
 from emsbms.monitor._keys import Key, Pager, parse_keys
 from emsbms.monitor._panes import Column, plan
 from emsbms.registry import Snapshot
-from emsbms.types import AlarmLevel, CommState, Quality, Reading
+from emsbms.sim.runner import Simulation
+from emsbms.types import AlarmLevel, CommandStatus, CommState, Quality, Reading
+from tests.conftest import virtual_site
 
 NOW = 1_700_000_000_000_000  # 2023-11-14 22:13:20 UTC
 SNAPSHOTS = Path(__file__).parent / "snapshots"
@@ -336,3 +346,81 @@ def test_keys_and_pages() -> None:
     assert pager.at(104.9) == 0 and pager.at(105.0) == 1 and pager.at(109.0) == 1 and pager.at(110.0) == 2
     assert pager.turn(-1, 111.0) == 1
     assert pager.at(140.0) == 1 and pager.at(141.0) == 2  # a key holds the turning for 30 s
+
+
+# -- the live loop -------------------------------------------------------------------------------------
+
+
+def test_live_monitor_draws_commands_and_events_from_a_running_edge(
+        monkeypatch: pytest.MonkeyPatch, channel: Callable[[str], str]) -> None:
+    site = virtual_site(["can0"], [{"name": "hv_0", "bus": "can0", "profile": "acme-hv"}], tag=channel("t"))
+    renders: list[int] = []
+    real_render = monitor_cli.render  # type: ignore[attr-defined]
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        renders.append(1)
+        return real_render(*args, **kwargs)
+
+    monkeypatch.setattr(monitor_cli, "render", counting)
+    with Simulation(site):
+        edge = Edge(site)
+        events = monitor_cli.watch(edge)  # before the edge starts: the first transitions count
+        with edge:
+            edge.read("hv_0/Soc", timeout=15)
+            assert edge.write("hv_0/SetChargeCurrent", 50, timeout=10).status is CommandStatus.ACKED
+            assert edge.write("hv_0/SetChargeCurrent", 5000).status is CommandStatus.REJECTED
+            out = io.StringIO()
+            console = Console(file=out, width=120, height=30)
+            monitor_cli.show(edge, 0.7, Filters(), "live", console=console, events=events)
+    text = out.getvalue()
+    assert "hv_0   online: first frames received" in text
+    assert "hv_0   SetChargeCurrent = 50 A acked: echo" in text
+    assert "hv_0   SetChargeCurrent = 5000 A rejected: " in text
+    assert re.search(r"\n Voltage +[0-9.]+ V [0-9.]+s ", text)
+    assert len(renders) >= 2  # one redraw every REFRESH_S (the last when the duration is over)
+    assert monitor_cli.REFRESH_S <= 0.25  # at least 4 Hz
+
+
+def test_log_warnings_go_to_the_event_log_while_the_monitor_draws(capsys: pytest.CaptureFixture[str]) -> None:
+    root = logging.getLogger()
+    printer = logging.StreamHandler(sys.stderr)
+    root.addHandler(printer)
+    log = EventLog()
+    try:
+        with monitor_cli.logs_into(log, enabled=True):
+            assert printer not in root.handlers
+            logging.getLogger("emsbms.test").warning("bus can7 failed: gone")
+        assert printer in root.handlers
+    finally:
+        root.removeHandler(printer)
+    assert capsys.readouterr().err == ""
+    assert [(e.source, e.text) for e in log.drain()] == [("test", "bus can7 failed: gone")]
+
+
+def test_demo_scenario_plays_its_steps_in_order_and_skips_absent_devices() -> None:
+    class FakeSimulation:
+        def __init__(self) -> None:
+            self.simulators = {"bms": object()}
+            self.calls: list[tuple[str, str, str]] = []
+
+        def inject(self, device: str, fault: str) -> None:
+            self.calls.append(("inject", device, fault))
+
+        def clear(self, device: str, fault: str) -> None:
+            self.calls.append(("clear", device, fault))
+
+    sim = FakeSimulation()
+    writes: list[tuple[str, float]] = []
+    steps = (Step(0.0, "bms", Action.INJECT, "emcy"), Step(0.02, "ghost", Action.INJECT, "silent"),
+             Step(0.04, "bms", Action.WRITE, "SetChargeCurrent", 40), Step(0.06, "bms", Action.CLEAR, "emcy"))
+    scenario = Scenario(lambda a, v: writes.append((a, v)), [sim], steps, period_s=60.0)  # type: ignore[list-item]
+    assert [s.device for s in scenario.steps] == ["bms", "bms", "bms"]
+    scenario.start()
+    deadline = time.monotonic() + 10
+    while len(scenario.done) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    scenario.stop()
+    assert sim.calls == [("inject", "bms", "emcy"), ("clear", "bms", "emcy")]
+    assert writes == [("bms/SetChargeCurrent", 40)]
+    assert [s.describe() for s in scenario.done] == ["inject bms:emcy", "write bms/SetChargeCurrent = 40",
+                                                     "clear bms:emcy"]
