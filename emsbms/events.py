@@ -139,6 +139,7 @@ class EventLog:
         self._emcy: dict[str, tuple[int, int]] = {}
         self._dm1: dict[str, tuple[frozenset[tuple[int, int]], tuple[str, ...]]] = {}
         self._lost_since: dict[str, int] = {}
+        self._recovered: set[str] = set()
         self._buses: set[str] = set()
         self._units: Callable[[str], str] = lambda address: ""
         self.total = 0
@@ -265,23 +266,27 @@ class EventLog:
         return [self._add(Event(ts, source, kind, severity, text))]
 
     def _comm_event(self, device: str, previous: object, state: str, ts: int) -> list[Event]:
+        since = self._lost_since.pop(device, None) if state != "LOST" else None
+        if since is not None:  # heard again after a loss: one event, whatever is still overdue
+            self._recovered.add(device)
+            text = f"comm recovered after {(ts - since) / 1e6:.1f} s"
+            return self._one(ts, device, EventKind.COMM, Severity.OK, text)
         if state == "LOST":
             self._lost_since[device] = ts
-            text = "not heard within its timeout: LOST" if previous == "WAITING" else "comm lost: no frame within its timeout"
+            self._recovered.discard(device)
+            text = ("not heard within its timeout: LOST" if previous == "WAITING"
+                    else "comm lost: no frame within its timeout")
             return self._one(ts, device, EventKind.COMM, Severity.ALARM, text)
         if state == "STALE":
-            if previous == "LOST":
-                return self._one(ts, device, EventKind.COMM, Severity.INFO, "heard again; some messages still overdue")
+            self._recovered.discard(device)
             return self._one(ts, device, EventKind.COMM, Severity.WARNING, "stale: some messages overdue")
-        if state == "OK":
-            since = self._lost_since.pop(device, None)
-            if since is not None:
-                return self._one(ts, device, EventKind.COMM, Severity.OK,
-                                 f"comm recovered after {(ts - since) / 1e6:.1f} s")
-            if previous == "STALE":
-                return self._one(ts, device, EventKind.COMM, Severity.OK, "comm ok: every message on time")
-            if previous == "WAITING":
-                return self._one(ts, device, EventKind.COMM, Severity.INFO, "online: first frames received")
+        if state == "OK" and previous == "STALE":
+            if device in self._recovered:  # the rest of a recovery already told
+                self._recovered.discard(device)
+                return []
+            return self._one(ts, device, EventKind.COMM, Severity.OK, "comm ok: every message on time")
+        if state == "OK" and previous == "WAITING":
+            return self._one(ts, device, EventKind.COMM, Severity.INFO, "online: first frames received")
         return []
 
     def _bus_event(self, bus: str, previous: object, state: str, ts: int) -> list[Event]:

@@ -40,10 +40,12 @@ def test_comm_loss_and_recovery() -> None:
     [lost] = feed(log, "bms/CommState", CommState.LOST, 10.0)
     assert (lost.severity, lost.text, lost.timestamp_us) == (Severity.ALARM, "comm lost: no frame within its timeout",
                                                              T0 + 10_000_000)
-    [back] = feed(log, "bms/CommState", CommState.STALE, 14.0)
-    assert (back.severity, back.text) == (Severity.INFO, "heard again; some messages still overdue")
-    [ok] = feed(log, "bms/CommState", CommState.OK, 15.25)
-    assert (ok.severity, ok.text) == (Severity.OK, "comm recovered after 5.2 s")  # 15.25 - 10.0
+    # heard again (some messages still overdue: STALE), then every message again (OK): one event
+    [back] = feed(log, "bms/CommState", CommState.STALE, 15.25)
+    assert (back.severity, back.text) == (Severity.OK, "comm recovered after 5.2 s")  # 15.25 - 10.0
+    assert feed(log, "bms/CommState", CommState.OK, 15.5) == []
+    feed(log, "bms/CommState", CommState.LOST, 16.0)
+    assert texts(feed(log, "bms/CommState", CommState.OK, 17.5)) == ["comm recovered after 1.5 s"]
     [stale] = feed(log, "bms/CommState", CommState.STALE, 20.0)
     assert (stale.severity, stale.text) == (Severity.WARNING, "stale: some messages overdue")
     assert texts(feed(log, "bms/CommState", CommState.OK, 21.0)) == ["comm ok: every message on time"]
