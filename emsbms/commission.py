@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from emsbms.db import EdgeDb, replace_profile, split_ref
 from emsbms.db.profiles import shipped_source
@@ -159,8 +159,3 @@ def _check_j1939(device: DeviceConfig, others: list[DeviceConfig]) -> None:
                     else f"source address 0x{int(device.source_address or 0):02X}")
             raise ConfigError(f"cannot commission {device.name!r} on bus {device.bus!r}: {what} is already"
                               f" device {other.name!r}")
-
-
-def with_profile(device: DeviceConfig, ref: str) -> DeviceConfig:
-    """The device with another profile reference."""
-    return replace(device, profile=ref)
