@@ -59,7 +59,7 @@ def command(
         stored: list[Profile] = []
         devices: list[DeviceConfig] = []
         if db is not None:
-            stored = [p.load() for p in (db.profiles.get(n) for n in db.profiles.names()) if p is not None]
+            stored = _stored_profiles(db)
             devices = db.site.devices()
         with _progress(not as_json) as report:
             results = scan(buses, catalog(stored), methods, listen, timeout, report, devices)
@@ -78,6 +78,19 @@ def command(
         err(f"error: bus {r.bus.name}: {r.error}")
     if failed:
         raise typer.Exit(ExitCode.USAGE)
+
+
+def _stored_profiles(db: EdgeDb) -> list[Profile]:
+    """The newest stored version of every profile (one that does not load is left out, with a warning)."""
+    out = []
+    for name in db.profiles.names():
+        stored = db.profiles.get(name)
+        try:
+            if stored is not None:
+                out.append(stored.load())
+        except EmsbmsError as e:
+            err(f"warning: not matching against {name}: {e}")
+    return out
 
 
 def _buses(cli: CliState, names: list[str] | None, interface: str | None, channel: str | None,

@@ -245,7 +245,13 @@ def scan_bus(
         if Method.J1939 in methods:
             j1939 = report(Method.J1939)
             j1939(0, 1)
-            nodes_j = j1939_scan.scan_j1939(bus, timeout)
+            answers: list[j1939_scan.J1939Node] = []
+
+            def answered(node: j1939_scan.J1939Node) -> None:
+                answers.append(node)
+                j1939(len(answers), len(answers) + 1)  # the answers come in until the timeout
+
+            nodes_j = j1939_scan.scan_j1939(bus, timeout, answered)
             j1939(1, 1)
             result.candidates += _j1939_candidates(name, nodes_j, profiles)
     finally:
