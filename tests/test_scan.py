@@ -86,7 +86,7 @@ def test_scan_and_commission_every_protocol_then_run_from_the_database(tmp_path:
         deadline = time.monotonic() + 5.0
         while getattr(sim_j, "address", None) is None and time.monotonic() < deadline:
             time.sleep(0.02)
-        r = invoke(db, "--site", str(site_file), "scan", "--listen", "2.5", "--timeout", "0.5", "--json",
+        r = invoke(db, "--site", str(site_file), "scan", "--listen", "2.5", "--timeout", "1.0", "--json",
                    "--commission", "--yes")
         assert r.exit_code == 0, r.output
         doc = json.loads(r.stdout)
