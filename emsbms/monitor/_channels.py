@@ -20,7 +20,7 @@ from emsbms.monitor._model import (
     enum_text,
     level,
 )
-from emsbms.monitor._text import abbreviate, count, fit, fit_text, format_age, format_value, sparkline
+from emsbms.monitor._text import abbreviate, count, fit, fit_text, format_age, format_value, sparkline, styled
 from emsbms.types import Quality, Reading
 
 MIN_CELL = 40
@@ -76,38 +76,33 @@ def value_text(name: str, reading: Reading) -> str:
 def _value_cell(name: str, reading: Reading, scene: Scene, plan: CellPlan, prefix: str) -> Text:
     quality = reading.quality
     text = value_text(name, reading)
-    cell = Text(" " + fit(abbreviate(name, plan.name), plan.name) + " ")
-    age = fit(format_age(scene.now_us, reading.timestamp_us), AGE_W, "right")
-    age_style = "yellow" if quality is Quality.STALE else "dim"
+    value_style = QUALITY_STYLE[quality]
+    lead = " " + fit(abbreviate(name, plan.name), plan.name) + " "
+    age = (" " + fit(format_age(scene.now_us, reading.timestamp_us), AGE_W, "right"),
+           "yellow" if quality is Quality.STALE else "dim")
     if isinstance(reading.value, str) and len(text) > plan.value:
         # a long text (a state, an EMCY's meaning, a DTC list) takes the sparkline's place too
-        cell.append(fit(text, plan.value + (plan.spark + 1 if plan.spark else 0)), style=QUALITY_STYLE[quality])
-        cell.append(" ")
-        cell.append(age, style=age_style)
-        return fit_text(cell, plan.width)
-    cell.append(fit(text, plan.value, "right"), style=QUALITY_STYLE[quality])
-    cell.append(" ")
-    cell.append(age, style=age_style)
+        wide = fit(text, plan.value + (plan.spark + 1 if plan.spark else 0))
+        return fit_text(styled(((lead, ""), (wide, value_style), age)), plan.width)
+    parts = [(lead, ""), (fit(text, plan.value, "right"), value_style), age]
     if plan.spark:
-        cell.append(" ")
         if quality is not Quality.OK:
             if reading.value is not None:  # without a value, the value column says it already
-                cell.append(fit(QUALITY_TEXT[quality], plan.spark), style=QUALITY_STYLE[quality])
+                parts.append((" " + fit(QUALITY_TEXT[quality], plan.spark), value_style))
         elif name not in HEX_CHANNELS:
             points = scene.history.series(prefix + name)
-            cell.append(sparkline(points, scene.now_us, scene.history.window_us, plan.spark), style="cyan")
-    return fit_text(cell, plan.width)
+            parts.append((" " + sparkline(points, scene.now_us, scene.history.window_us, plan.spark), "cyan"))
+    return fit_text(styled(parts), plan.width)
 
 
 def _alarm_cell(name: str, reading: Reading, scene: Scene, plan: CellPlan) -> Text:
     lv = level(reading.value)
-    cell = Text(" ")
-    cell.append(fit("!" + abbreviate(name.removeprefix("Alarm/"), plan.name - 1), plan.name), style=ALARM_STYLE[2])
-    cell.append(" ")
-    cell.append(fit(ALARM_TEXT.get(lv, str(lv)), plan.value, "right"), style=ALARM_STYLE.get(lv, ""))
-    cell.append(" ")
-    cell.append(fit(format_age(scene.now_us, reading.timestamp_us), AGE_W, "right"), style="dim")
-    return fit_text(cell, plan.width)
+    return fit_text(styled((
+        (" ", ""),
+        (fit("!" + abbreviate(name.removeprefix("Alarm/"), plan.name - 1), plan.name), ALARM_STYLE[2]),
+        (" " + fit(ALARM_TEXT.get(lv, str(lv)), plan.value, "right"), ALARM_STYLE.get(lv, "")),
+        (" " + fit(format_age(scene.now_us, reading.timestamp_us), AGE_W, "right"), "dim"),
+    )), plan.width)
 
 
 def device_header(scene: Scene, device: str, width: int, note: str = "") -> Text:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from enum import Enum
 
-from rich.text import Text
+from rich.text import Span, Text
 
 from emsbms.types import Value
 
@@ -36,11 +36,27 @@ def fit(text: str, width: int, align: str = "left") -> str:
     return text.rjust(width) if align == "right" else text.ljust(width)
 
 
+def styled(parts: Iterable[tuple[str, str]]) -> Text:
+    """One Text from (text, style) parts: a single allocation, cheaper than appending."""
+    plain: list[str] = []
+    spans: list[Span] = []
+    pos = 0
+    for text, style in parts:
+        if style:
+            spans.append(Span(pos, pos + len(text), style))
+        plain.append(text)
+        pos += len(text)
+    return Text("".join(plain), spans=spans)
+
+
 def fit_text(text: Text, width: int, align: str = "left") -> Text:
-    """A styled `text` cut (with an ellipsis) or padded to exactly `width` cells."""
-    out = text.copy()
+    """A styled `text` cut (with an ellipsis) or padded to exactly `width` cells (`text` itself
+    when it already is)."""
     if width <= 0:
         return Text()
+    if text.cell_len == width:
+        return text
+    out = text.copy()
     if out.cell_len > width:
         out.truncate(width - 1)
         out.append("…")
