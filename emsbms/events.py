@@ -235,8 +235,8 @@ class EventLog:
         value = _format(result.value) + (f" {unit}" if unit else "")
         severity = {CommandStatus.ACKED: Severity.OK, CommandStatus.SENT: Severity.INFO,
                     CommandStatus.TIMEOUT: Severity.WARNING}.get(result.status, Severity.ALARM)
-        detail = f": {result.detail}" if result.detail else ""
-        text = f"{name} = {value} {result.status.value}{detail}"
+        detail = _without_echo(result.detail, result.address)
+        text = f"{name} = {value} {result.status.value}" + (f": {detail}" if detail else "")
         return self._add(Event(timestamp_us, result.address.split("/", 1)[0], EventKind.COMMAND, severity, text))
 
     def feed(self, address: str, reading: Reading) -> list[Event]:
@@ -345,6 +345,20 @@ class EventLog:
             if lit else ""
         severity = Severity.ALARM if "RedStopLamp" in lit else Severity.WARNING
         return self._one(ts, device, EventKind.DM1, severity, f"DM1 {count}{': ' + shown if shown else ''}{lamps}")
+
+
+def _without_echo(detail: str, address: str) -> str:
+    """A command's detail without a leading repetition of the command (``hv/SetX = 5 A is above
+    the maximum`` -> ``above the maximum``)."""
+    if detail.startswith(address + " = "):
+        words = detail[len(address) + 3 :].split(" ")
+        rest = words[1:]
+        if rest and not rest[0][:1].isdigit() and rest[0] not in ("is", "was"):
+            rest = rest[1:]  # the unit
+        detail = " ".join(rest)
+        for lead in ("is ", "was "):
+            detail = detail.removeprefix(lead)
+    return detail
 
 
 def _parse_dtcs(value: Value) -> list[tuple[int, int, int]]:

@@ -157,10 +157,13 @@ def test_command_results() -> None:
     acked = log.command(CommandResult("hv/SetChargeCurrent", 50.0, CommandStatus.ACKED, "echo 50"), T0)
     assert (acked.source, acked.kind, acked.severity) == ("hv", EventKind.COMMAND, Severity.OK)
     assert acked.text == "SetChargeCurrent = 50 acked: echo 50"
+    # the detail of a rejection repeats the command: left out
     rejected = log.command(CommandResult("hv/SetChargeCurrent", 5000.0, CommandStatus.REJECTED,
-                                         "above the maximum 200.0 A"), T0)
+                                         "hv/SetChargeCurrent = 5000 A is above the maximum 200.0 A"), T0)
     assert (rejected.severity, rejected.text) == (Severity.ALARM,
                                                   "SetChargeCurrent = 5000 rejected: above the maximum 200.0 A")
+    lost = log.command(CommandResult("hv/Connect", 1.0, CommandStatus.REJECTED, "hv is LOST: nothing sent"), T0)
+    assert lost.text == "Connect = 1 rejected: hv is LOST: nothing sent"
     sent = log.command(CommandResult("lv/SetChargeCurrent", 20.0, CommandStatus.SENT), T0)
     assert (sent.severity, sent.text) == (Severity.INFO, "SetChargeCurrent = 20 sent")
     timeout = log.command(CommandResult("hv/Connect", 1.0, CommandStatus.TIMEOUT, "no acknowledgement"), T0)

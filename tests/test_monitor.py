@@ -424,3 +424,15 @@ def test_demo_scenario_plays_its_steps_in_order_and_skips_absent_devices() -> No
     assert writes == [("bms/SetChargeCurrent", 40)]
     assert [s.describe() for s in scenario.done] == ["inject bms:emcy", "write bms/SetChargeCurrent = 40",
                                                      "clear bms:emcy"]
+
+
+def test_active_alarms_are_shortened_and_counted_to_fit() -> None:
+    from emsbms.monitor._panes import _alarms
+
+    rows = [("Alarm/CellOverVoltage", at(AlarmLevel.WARNING)), ("Alarm/CellUnderVoltage", at(AlarmLevel.WARNING)),
+            ("Alarm/OverTemperature", at(AlarmLevel.ALARM)), ("Alarm/CommLoss", at(AlarmLevel.OK)), ("Soc", at(5.0))]
+    assert _alarms(rows, 60).plain == "OverTemperature CellOverVoltage CellUnderVoltage"  # worst first
+    assert _alarms(rows, 30).plain == "OverTemp CellOverVolt +1"
+    assert _alarms(rows, 14).plain == "OverTemp +2"
+    assert _alarms(rows, 8).plain == "Over… +2"
+    assert _alarms(rows[3:], 8).plain == "none"

@@ -163,11 +163,17 @@ def _alarms(channels: Sequence[tuple[str, Reading]], width: int) -> Text:
         names = [shorten(name) for name in names]
     out = Text()
     for i, ((lv, _), name) in enumerate(zip(active, names, strict=True)):
-        more = f" +{len(names) - i}"
-        if i and out.cell_len + 1 + len(name) + (len(more) if i < len(names) - 1 else 0) > width:
-            out.append(more, style="bold")
+        rest = len(names) - i - 1
+        marker = f" +{rest}" if rest else ""
+        sep = " " if i else ""
+        if out.cell_len + len(sep + name + marker) > width:
+            if i == 0:  # not even the worst one fits whole: cut it
+                out.append(fit(name, max(1, width - len(marker))), style=ALARM_STYLE.get(lv, ""))
+                out.append(marker, style="bold")
+            else:
+                out.append(f" +{rest + 1}", style="bold")
             break
-        out.append((" " if i else "") + name, style=ALARM_STYLE.get(lv, ""))
+        out.append(sep + name, style=ALARM_STYLE.get(lv, ""))
     return out
 
 
