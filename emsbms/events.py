@@ -339,7 +339,7 @@ class EventLog:
             return []
         if not dtcs and not lit:
             return self._one(ts, device, EventKind.DM1, Severity.OK, "DM1 cleared: no active DTC, lamps off")
-        shown = ", ".join(f"SPN {spn} FMI {fmi}" + (f" ×{oc}" if oc > 1 else "") for spn, fmi, oc in dtcs)
+        shown = ", ".join(f"SPN {spn} FMI {fmi}" for spn, fmi, _ in dtcs)  # occurrence counts: Dm1/ActiveDtcs
         count = f"{len(dtcs)} DTC{'s' if len(dtcs) != 1 else ''}"
         lamps = " · " + ", ".join(LAMP_NAMES[lamp] for lamp in lit) + " lamp" + ("s" if len(lit) > 1 else "") \
             if lit else ""
