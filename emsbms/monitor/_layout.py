@@ -15,7 +15,7 @@ from emsbms.events import Event
 from emsbms.monitor._channels import CellPlan, cell_count, channel_cells, choose_columns, flow, longest_name
 from emsbms.monitor._history import History
 from emsbms.monitor._model import DeviceMeta, Filters, Scene, View, classify
-from emsbms.monitor._panes import Column, bus_columns, bus_pane, device_pane, event_pane
+from emsbms.monitor._panes import Column, bus_columns, bus_pane, device_pane, device_width, event_pane
 from emsbms.monitor._text import count, fit
 from emsbms.types import Reading
 
@@ -99,7 +99,9 @@ def _panes(scene: Scene, view: View, width: int, height: int, rows: int, event_r
     if width >= WIDE_MIN:
         return _three_across(scene, view, width, max(rows, shown_events))
     if width >= SIDE_BY_SIDE_MIN:
-        bus_w = _natural(bus_columns(view), 0)
+        # the bus pane keeps its required columns and takes what the device pane does not need
+        columns = bus_columns(view)
+        bus_w = max(_natural(columns, 0), min(_natural(columns, 4), width - device_width(scene, view) - 1))
         left = bus_pane(scene, view, bus_w, rows)
         right = device_pane(scene, view, width - bus_w - 1, rows)
         return [*_beside([left, right], [bus_w, width - bus_w - 1]), *event_pane(scene, view, width, shown_events)]

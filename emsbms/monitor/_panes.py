@@ -108,8 +108,8 @@ def bus_columns(view: View) -> list[Column]:
     name_w = max(3, min(12, max((len(b) for b in view.buses), default=3)))
     return [
         Column("Bus", name_w), Column("State", 7), Column("Load", 6, "right"), Column("Rx/s", 6, "right"),
-        Column("Err", 4, "right"), Column("Drop", 4, "right"), Column("Unk", 4, "right", drop=4),
-        Column("Bad", 4, "right", drop=3), Column("Load 1 min", 12, drop=5, grow=12),
+        Column("Err", 4, "right"), Column("Drop", 4, "right"), Column("Unk", 4, "right", drop=3),
+        Column("Bad", 4, "right", drop=4), Column("Load 1 min", 12, drop=5, grow=12),
         Column("Last error", 10, drop=6, grow=40),
     ]
 
@@ -191,9 +191,8 @@ def _seen(scene: Scene, device: str) -> str:
     return format_age(scene.now_us, seen if isinstance(seen, int) and not isinstance(seen, bool) else 0)
 
 
-def device_pane(scene: Scene, view: View, width: int, rows: int) -> list[Text]:
-    """The device pane: a title line and at most `rows` lines. Bus and profile (from the
-    scene's device metadata) are the first columns to go when the pane is narrow."""
+def _device_spec(scene: Scene, view: View) -> list[tuple[Column, Callable[[str], Cell]]]:
+    """The device pane's columns before Alarms, each with how to fill it for a device."""
     metas = {d: scene.devices.get(d, DeviceMeta()) for d in view.devices}
     name_w = max(6, min(16, max((len(d) for d in view.devices), default=6)))
     spec: list[tuple[Column, Callable[[str], Cell]]] = [(Column("Device", name_w), lambda d: Text(d, style="bold"))]
@@ -204,10 +203,24 @@ def device_pane(scene: Scene, view: View, width: int, rows: int) -> list[Text]:
     if profile_w:
         spec.append((Column("Profile", max(7, profile_w), drop=2),
                      lambda d: Text(metas[d].profile_text, style="dim")))
-    spec += [
-        (Column("Comm", 7), lambda d: _comm(scene, d)),
-        (Column("Seen", 4, "right"), lambda d: _seen(scene, d)),
-    ]
+    return [*spec, (Column("Comm", 7), lambda d: _comm(scene, d)),
+            (Column("Seen", 4, "right"), lambda d: _seen(scene, d))]
+
+
+def device_width(scene: Scene, view: View) -> int:
+    """The device pane's width with every column at its own width, and room for two alarms."""
+    columns = [c for c, _ in _device_spec(scene, view)] + [ALARMS_COLUMN]
+    return sum(c.width for c in columns) + len(columns) - 1 + ALARMS_ROOM
+
+
+ALARMS_ROOM = 8
+"""What the device pane asks beyond the Alarms column's minimum, before the bus pane grows."""
+
+
+def device_pane(scene: Scene, view: View, width: int, rows: int) -> list[Text]:
+    """The device pane: a title line and at most `rows` lines. Bus and profile (from the
+    scene's device metadata) are the first columns to go when the pane is narrow."""
+    spec = _device_spec(scene, view)
     alarms_w = dict(plan([c for c, _ in spec] + [ALARMS_COLUMN], width)).get(len(spec), ALARMS_COLUMN.width)
     spec.append((ALARMS_COLUMN, lambda d: _alarms(view.channels.get(d, []), alarms_w)))
     shown, more = cut(view.devices, rows)
