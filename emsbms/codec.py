@@ -1,21 +1,36 @@
 """Compiled signal decoders: each message's signals become one generated Python function.
 
 cantools' ``decode_message`` is general and slow on the hot path (it builds dicts and goes
-through bitstruct). A profile's messages are compiled once into a function that extracts every
-signal from one ``int.from_bytes`` with shifts and masks and applies exactly the same scaling
-expression cantools uses (``raw * scale + offset``), so the values are identical.
+through bitstruct). A profile's messages are compiled once into a function that reads the
+byte-aligned 8/16/32/64-bit signals with one precompiled ``struct`` unpack and every other signal
+from one ``int.from_bytes`` with shifts and masks, and applies exactly the same scaling expression
+cantools uses (``raw * scale + offset``), so the values are identical.
+
+``compile_sampler`` goes one step further for an adapter: one generated function turns a
+full-length payload straight into the channel samples of a device (the profile's corrections
+applied, each ``Sample`` built without the NamedTuple constructor's Python-level call).
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from cantools.database.conversion import IdentityConversion
 
+from emsbms.types import AlarmLevel, Quality, Sample
+
 Decoder = Callable[[bytes | bytearray], tuple[Any, ...]]
+Sampler = Callable[[bytes | bytearray, int], list[Sample]]
+"""sample(data, timestamp_us) -> the channel samples of one full-length payload."""
+
+ChannelOutput = tuple[int, str, float, float, bool, str]
+"""(signal index, channel address, scale, offset, take abs, type "number" | "bool" | "int")."""
+
+_INT_CODES = {8: "B", 16: "H", 32: "I", 64: "Q"}
+_FLOAT_CODES = {32: "f", 64: "d"}
 
 
 def _f32(raw: int) -> float:
@@ -28,8 +43,8 @@ def _f64(raw: int) -> float:
     return value
 
 
-def _raw_expr(signal: Any, total_bits: int) -> str:
-    """Python expression that yields the signal's raw integer from `le` or `be`."""
+def _shift_expr(signal: Any, total_bits: int) -> str:
+    """Python expression that yields the signal's raw value from `le` or `be`."""
     n = signal.length
     mask = (1 << n) - 1
     if signal.byte_order == "little_endian":
@@ -44,6 +59,76 @@ def _raw_expr(signal: Any, total_bits: int) -> str:
         sign = 1 << (n - 1)
         expr = f"(({expr} ^ {sign:#x}) - {sign:#x})"
     return expr
+
+
+def _aligned(signal: Any, length: int) -> tuple[int, str] | None:
+    """(byte offset, struct code) of a signal struct can read whole, else None."""
+    n = signal.length
+    code = _FLOAT_CODES.get(n) if signal.is_float else _INT_CODES.get(n)
+    if code is None:
+        return None
+    if not signal.is_float and signal.is_signed:
+        code = code.lower()
+    bit = 0 if signal.byte_order == "little_endian" else 7  # LSB (little) or MSB (big) at a byte edge
+    if signal.start % 8 != bit:
+        return None
+    offset = int(signal.start // 8)
+    if offset + n // 8 > length:
+        return None
+    return offset, code
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """How a message's raw values are read: head statements, then one raw expression per signal."""
+
+    head: tuple[str, ...]
+    raws: tuple[str, ...]
+    namespace: dict[str, Any] = field(default_factory=dict)
+
+
+def _layout(message: Any) -> _Layout:
+    length = message.length
+    signals = list(message.signals)
+    found = {i: _aligned(s, length) for i, s in enumerate(signals)}
+    little = [i for i, a in found.items() if a and signals[i].byte_order == "little_endian"]
+    big = [i for i, a in found.items() if a and signals[i].byte_order == "big_endian"]
+    chosen, prefix = (little, "<") if len(little) >= len(big) else (big, ">")
+    fields: list[tuple[int, int, str]] = []  # (offset, signal index, code), no overlaps
+    end = 0
+    for i in sorted(chosen, key=lambda i: found[i][0]):  # type: ignore[index]
+        offset, code = found[i]  # type: ignore[misc]
+        if offset >= end:
+            fields.append((offset, i, code))
+            end = offset + struct.calcsize(code)
+    raws: dict[int, str] = {}
+    head: list[str] = []
+    namespace: dict[str, Any] = {"_f32": _f32, "_f64": _f64, "_fb": int.from_bytes}
+    if fields:
+        fmt, pos = prefix, 0
+        for offset, i, code in fields:
+            fmt += "x" * (offset - pos) + code
+            pos = offset + struct.calcsize(code)
+            raws[i] = f"_s{i}"
+        namespace["_unpack"] = struct.Struct(fmt).unpack_from
+        head.append("    " + ", ".join(f"_s{i}" for _, i, _ in fields) + ", = _unpack(data)")
+    rest = [i for i in range(len(signals)) if i not in raws]
+    for i in rest:
+        raws[i] = _shift_expr(signals[i], 8 * length)
+    if any(signals[i].byte_order == "little_endian" for i in rest):
+        head.append("    le = _fb(data, 'little')")
+    if any(signals[i].byte_order == "big_endian" for i in rest):
+        head.append("    be = _fb(data, 'big')")
+    return _Layout(tuple(head), tuple(raws[i] for i in range(len(signals))), namespace)
+
+
+def _scaled(signal: Any, raw: str) -> str:
+    conv = signal.conversion
+    if isinstance(conv, IdentityConversion):
+        return raw
+    if conv.offset == 0 and conv.scale > 0 and not signal.is_float:
+        return f"{raw} * {conv.scale!r}"  # + 0 changes nothing here: an int times a positive scale is never -0.0
+    return f"{raw} * {conv.scale!r} + {conv.offset!r}"
 
 
 def _bytes_needed(signal: Any) -> int:
@@ -68,47 +153,93 @@ class CompiledMessage:
     decode: Decoder  # scaled values, in signal_names order
     decode_raw: Decoder  # raw integers, in signal_names order
     source: str  # the generated code, for inspection
+    layout: _Layout = field(repr=False, default=_Layout((), ()))
+    scaled: tuple[str, ...] = field(repr=False, default=())
+
+
+def _build(name: str, source: str, namespace: dict[str, Any]) -> dict[str, Any]:
+    ns = dict(namespace)
+    exec(compile(source, f"<emsbms codec {name}>", "exec"), ns)
+    return ns
 
 
 def compile_message(message: Any) -> CompiledMessage:
     """Compile a cantools Message into fast decoders (plain signals; multiplexing unsupported)."""
     if message.is_multiplexed():
         raise ValueError(f"message {message.name}: multiplexed messages are not supported")
-    length = message.length
-    total_bits = 8 * length
     signals = list(message.signals)
-    raws = [_raw_expr(s, total_bits) for s in signals]
-    scaled = []
-    for s, raw in zip(signals, raws, strict=True):
-        conv = s.conversion
-        if isinstance(conv, IdentityConversion):
-            scaled.append(raw)
-        else:
-            scaled.append(f"{raw} * {conv.scale!r} + {conv.offset!r}")
-    needs_le = any(s.byte_order == "little_endian" for s in signals)
-    needs_be = any(s.byte_order == "big_endian" for s in signals)
-    head = []
-    if needs_le:
-        head.append("    le = _fb(data, 'little')")
-    if needs_be:
-        head.append("    be = _fb(data, 'big')")
+    layout = _layout(message)
+    scaled = tuple(_scaled(s, raw) for s, raw in zip(signals, layout.raws, strict=True))
     lines = []
-    for fname, exprs in (("decode", scaled), ("decode_raw", raws)):
+    for fname, exprs in (("decode", scaled), ("decode_raw", layout.raws)):
         body = ", ".join(exprs) + ("," if len(exprs) == 1 else "")
-        lines.append(f"def {fname}(data, _fb=int.from_bytes, _f32=_f32, _f64=_f64):")
-        lines.extend(head)
+        lines.append(f"def {fname}(data):")
+        lines.extend(layout.head)
         lines.append(f"    return ({body})")
     source = "\n".join(lines) + "\n"
-    namespace: dict[str, Any] = {"_f32": _f32, "_f64": _f64}
-    exec(compile(source, f"<emsbms codec {message.name}>", "exec"), namespace)
+    namespace = _build(message.name, source, layout.namespace)
     return CompiledMessage(
         name=message.name,
         frame_id=message.frame_id,
         is_extended=message.is_extended_frame,
-        length=length,
+        length=message.length,
         signal_names=tuple(s.name for s in signals),
         bytes_needed=tuple(_bytes_needed(s) for s in signals),
         decode=namespace["decode"],
         decode_raw=namespace["decode_raw"],
         source=source,
+        layout=layout,
+        scaled=scaled,
     )
+
+
+def _corrected(var: str, scale: float, offset: float, take_abs: bool, kind: str) -> str:
+    """The channel value from a decoded signal value, as DbcAdapter defines the corrections."""
+    expr = var
+    if scale != 1.0 or offset != 0.0:
+        expr = f"{expr} * {scale!r} + {offset!r}"
+    if take_abs:
+        expr = f"abs({expr})"
+    if kind == "bool":
+        expr = f"bool({expr})"
+    elif kind == "int":
+        expr = f"int({expr})"
+    return expr
+
+
+AlarmOutput = tuple[list[int], str, Sequence[tuple[int, int, int, int | None]]]
+"""(the alarm's slot list, owned by the adapter; its channel address; its inputs in this message as
+(signal index, slot, level, raw value that means active or None for any non-zero))."""
+
+_LEVELS = (AlarmLevel.OK, AlarmLevel.WARNING, AlarmLevel.ALARM)
+
+
+def compile_sampler(compiled: CompiledMessage, outputs: Sequence[ChannelOutput],
+                    alarms: Sequence[AlarmOutput] = ()) -> tuple[Sampler, str]:
+    """One function from a full-length payload and a timestamp to the channel samples; returns it and
+    its source.
+
+    Each output becomes ``Sample(address, corrected value, timestamp_us, Quality.OK)``; the value
+    is the decoded signal value ``* scale + offset`` (when not 1 and 0), then ``abs``, then
+    ``bool``/``int``, exactly as the adapter's generic path computes it. Each alarm sets the slots
+    of its inputs (``level`` when active, else 0) and yields ``Sample(address, AlarmLevel(max(slots)))``.
+    """
+    used = sorted({o[0] for o in outputs} | {i for _, _, inputs in alarms for i, _, _, _ in inputs})
+    lines = ["def sample(data, ts, _new=_new, _S=_Sample, _OK=_OK, _L=_LEVELS):", *compiled.layout.head]
+    lines += [f"    v{i} = {compiled.scaled[i]}" for i in used]
+    items = [
+        f"_new(_S, ({address!r}, {_corrected(f'v{i}', scale, offset, take_abs, kind)}, ts, _OK))"
+        for i, address, scale, offset, take_abs, kind in outputs
+    ]
+    namespace = {**compiled.layout.namespace, "_new": tuple.__new__, "_Sample": Sample, "_OK": Quality.OK,
+                 "_LEVELS": _LEVELS}
+    for k, (slots, address, inputs) in enumerate(alarms):
+        namespace[f"_a{k}"] = slots
+        for i, slot, level, active_value in inputs:
+            active = f"v{i}" if active_value is None else f"v{i} == {active_value!r}"
+            lines.append(f"    _a{k}[{slot}] = {level} if {active} else 0")
+        items.append(f"_new(_S, ({address!r}, _L[max(_a{k})], ts, _OK))")
+    lines.append(f"    return [{', '.join(items)}]")
+    source = "\n".join(lines) + "\n"
+    sampler: Sampler = _build(compiled.name, source, namespace)["sample"]
+    return sampler, source

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections import deque
@@ -14,8 +13,8 @@ import can
 
 from emsbms.bus import BusRunner, BusState
 from emsbms.errors import BusError
-from emsbms.health import LatencyMeter, LoadMeter, decode_error_frame, frame_bits
-from emsbms.protocols.base import Adapter, Output, frame_key
+from emsbms.health import LatencyMeter, LoadMeter, batch_bits, decode_error_frame
+from emsbms.protocols.base import EXTENDED, Adapter, Output
 from emsbms.registry import Registry
 from emsbms.types import ChannelInfo, ChannelKind, CommandStatus, Sample, Value
 
@@ -107,17 +106,11 @@ class Dispatcher:
     # -- the loop ---------------------------------------------------------------------------
 
     def _loop(self) -> None:
-        q = self.runner.queue
+        get_batch = self.runner.queue.get_batch
         next_tick = 0.0
         next_health = 0.0
         while not self._stop.is_set():
-            batch: list[can.Message] = []
-            try:
-                batch.append(q.get(timeout=TICK_S))
-                while len(batch) < BATCH:
-                    batch.append(q.get_nowait())
-            except queue.Empty:
-                pass
+            batch = get_batch(BATCH, TICK_S)
             try:
                 if batch:
                     self.handle(batch)
@@ -138,21 +131,21 @@ class Dispatcher:
         frames: list[can.Message] = []
         t = now_us()
         table = self._table
-        add_load = self.load.add
+        unmatched = self._unmatched
+        add_samples = samples.extend
+        ok_count = 0
         with self.lock:
             for msg in batch:
                 if msg.is_error_frame:
                     self._error_frame(msg)
                     continue
-                add_load(msg.timestamp, frame_bits(msg.arbitration_id, msg.is_extended_id, msg.data,
-                                                   msg.is_remote_frame, msg.dlc))
                 if self.waiters:
                     for w in list(self.waiters):
                         w.offer(msg)
-                handlers = table.get(frame_key(msg.arbitration_id, msg.is_extended_id))
+                aid = msg.arbitration_id
                 claimed = ok = False
                 error = ""
-                for a in handlers or self._unmatched:
+                for a in table.get(aid | EXTENDED if msg.is_extended_id else aid) or unmatched:
                     try:
                         out = a.on_frame(msg, t)
                     except Exception as e:  # adapters must not raise; count it if one does
@@ -161,27 +154,29 @@ class Dispatcher:
                     if out is None:
                         continue
                     claimed = True
-                    if out.error is not None:
-                        error = out.error
+                    out_samples, out_frames, out_stale, out_error = out
+                    if out_error is not None:
+                        error = out_error
                         continue
                     ok = True
-                    samples.extend(out.samples)
-                    if out.stale:
-                        stale.extend(out.stale)
-                    if out.frames:
-                        frames.extend(out.frames)
+                    add_samples(out_samples)
+                    if out_stale:
+                        stale.extend(out_stale)
+                    if out_frames:
+                        frames.extend(out_frames)
                 if ok:
-                    self.frames_ok += 1
+                    ok_count += 1
                 elif claimed:
                     self.bad_frames += 1
                     self.last_bad = error
                 else:
                     self.unknown_ids += 1
+            self.frames_ok += ok_count
         self.registry.apply(samples, stale)
         done = now_us()
-        add = self.latency.add
-        for msg in batch:
-            add(done - round(msg.timestamp * 1_000_000))
+        if batch:
+            self.load.add(batch[-1].timestamp, batch_bits(batch))
+            self.latency.extend([done - round(m.timestamp * 1_000_000) for m in batch])
         self._send(frames)
 
     def _error_frame(self, msg: can.Message) -> None:

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 # linux/can/error.h: error classes in the CAN ID of an error frame
 CAN_ERR_TX_TIMEOUT = 0x001
@@ -146,12 +148,37 @@ def _stuff_table() -> list[list[tuple[int, int]]]:
 
 
 _STUFF = _stuff_table()
-_HEADER_CACHE: dict[tuple[int, bool, int, bool], tuple[int, int, int]] = {}
+_RUN_TABLE: list[tuple[int, ...]] = []
+
+
+def _run_table() -> tuple[int, ...]:
+    """The hot path's table, built on first use (about 30 ms): entry [stuffed << 12 | state << 8 | byte]
+    holds the next index, (stuffed + stuff bits of the byte) << 12 | new state << 8.
+
+    One lookup per data byte. A byte adds at most 2 stuff bits, so 8 bytes stay far below the
+    28 stuff bits the table has room for.
+    """
+    if not _RUN_TABLE:
+        shared: dict[int, int] = {}
+        table = [0] * (32 << 12)
+        for stuffed in range(28):
+            for state in range(10):
+                base = (stuffed << 12) | (state << 8)
+                row = _STUFF[state]
+                for byte in range(256):
+                    s, new = row[byte]
+                    value = ((stuffed + s) << 12) | (new << 8)
+                    table[base | byte] = shared.setdefault(value, value)
+        _RUN_TABLE.append(tuple(table))
+    return _RUN_TABLE[0]
+
+
+_HEADER_CACHE: dict[int, tuple[int, int, int]] = {}
 
 
 def _header(arbitration_id: int, is_extended: bool, dlc: int, remote: bool) -> tuple[int, int, int]:
     """(bits, stuff bits, stuff state) of SOF through DLC."""
-    key = (arbitration_id, is_extended, dlc, remote)
+    key = (arbitration_id << 7) | (is_extended << 6) | (dlc << 1) | remote
     cached = _HEADER_CACHE.get(key)
     if cached is not None:
         return cached
@@ -189,14 +216,44 @@ def frame_bits(arbitration_id: int, is_extended: bool, data: bytes | bytearray, 
     estimated. Without stuffing an 8-byte 11-bit frame is 111 bits and a 29-bit one 131.
     """
     n = len(data) if dlc is None else dlc
-    head_bits, stuffed, state = _header(arbitration_id, is_extended, min(n, 15), remote)
-    if not remote:
-        table = _STUFF
+    key = (arbitration_id << 7) | (is_extended << 6) | ((n if n < 15 else 15) << 1) | remote
+    head = _HEADER_CACHE.get(key) or _header(arbitration_id, is_extended, min(n, 15), remote)
+    if remote:
+        return head[0] + TRAILER_BITS + head[1] + CRC_STUFF_ESTIMATE
+    if len(data) <= 8:
+        table = _RUN_TABLE[0] if _RUN_TABLE else _run_table()
+        index = head[2] << 8
         for byte in data:
-            s, state = table[state][byte]
+            index = table[index | byte]
+        stuffed = index >> 12
+    else:  # longer than classic CAN: the plain table
+        stuffed, state = 0, head[2]
+        for byte in data:
+            s, state = _STUFF[state][byte]
             stuffed += s
-    data_bits = 0 if remote else 8 * len(data)
-    return head_bits + data_bits + TRAILER_BITS + stuffed + CRC_STUFF_ESTIMATE
+    return head[0] + 8 * len(data) + TRAILER_BITS + head[1] + stuffed + CRC_STUFF_ESTIMATE
+
+
+def batch_bits(frames: Iterable[Any]) -> int:
+    """Σ frame_bits of python-can messages, error frames left out: the dispatcher's per-batch load count."""
+    table = _RUN_TABLE[0] if _RUN_TABLE else _run_table()
+    cache = _HEADER_CACHE
+    total = count = 0
+    for m in frames:
+        if m.is_error_frame:
+            continue
+        data = m.data
+        aid, ext, remote, n = m.arbitration_id, m.is_extended_id, m.is_remote_frame, m.dlc
+        if remote or len(data) > 8:
+            total += frame_bits(aid, ext, data, remote, n)
+            continue
+        head = cache.get((aid << 7) | (ext << 6) | ((n if n < 15 else 15) << 1)) or _header(aid, ext, min(n, 15), False)
+        index = head[2] << 8
+        for byte in data:
+            index = table[index | byte]
+        total += head[0] + 8 * len(data) + head[1] + (index >> 12)
+        count += 1
+    return total + count * (TRAILER_BITS + CRC_STUFF_ESTIMATE)
 
 
 def frame_bits_unstuffed(is_extended: bool, nbytes: int) -> int:
@@ -214,6 +271,7 @@ class LoadMeter:
         self._bits = 0
 
     def add(self, t: float, bits: int) -> None:
+        """Count `bits` sent or received at time `t` (one frame, or a batch of frames)."""
         self._events.append((t, bits))
         self._bits += bits
 
@@ -233,10 +291,15 @@ class LatencyMeter:
     size: int = 4096
     _values: deque[int] = field(default_factory=deque)
 
+    def __post_init__(self) -> None:
+        self._values = deque(self._values, maxlen=self.size)
+
     def add(self, latency_us: int) -> None:
-        if len(self._values) >= self.size:
-            self._values.popleft()
         self._values.append(latency_us)
+
+    def extend(self, latencies_us: Iterable[int]) -> None:
+        """Add many latencies at once (the oldest fall out of the window)."""
+        self._values.extend(latencies_us)
 
     def percentile(self, p: float) -> int | None:
         """The p-th percentile (nearest rank) of the window, or None when empty."""

@@ -14,6 +14,8 @@ from emsbms.types import ChannelInfo, Quality, Reading, Sample
 
 log = logging.getLogger(__name__)
 
+_tuple_new = tuple.__new__  # builds a Reading without NamedTuple.__new__'s Python-level call
+
 Callback = Callable[[str, Reading], None]
 
 
@@ -69,6 +71,7 @@ class Registry:
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._info: dict[str, ChannelInfo] = {}
+        self._units: dict[str, str] = {}  # address -> unit, read on the hot path
         self._readings: dict[str, Reading] = {}
         self._subs: list[Subscription] = []
         self._route: dict[str, tuple[Subscription, ...]] = {}
@@ -80,6 +83,7 @@ class Registry:
         with self._lock:
             for info in infos:
                 self._info[info.address] = info
+                self._units[info.address] = info.unit
             self._route = {}
 
     def info(self, address: str) -> ChannelInfo:
@@ -103,22 +107,31 @@ class Registry:
 
     def apply(self, samples: Iterable[Sample], stale: Iterable[str] = ()) -> None:
         """Store samples and mark addresses stale, then tell the subscribers."""
-        info = self._info
+        units = self._units
+        new = _tuple_new
         changed: list[tuple[str, Reading]] = []
         with self._lock:
             readings = self._readings
-            for s in samples:
-                meta = info.get(s.address)
-                r = Reading(s.value, meta.unit if meta else "", s.timestamp_us, s.quality)
-                readings[s.address] = r
-                changed.append((s.address, r))
+            if self._subs:
+                add = changed.append
+                for address, value, ts, quality in samples:
+                    r = new(Reading, (value, units.get(address, ""), ts, quality))
+                    readings[address] = r
+                    add((address, r))
+                any_change = bool(changed)
+            else:  # nobody to tell: no list of changes to build
+                any_change = False
+                for address, value, ts, quality in samples:
+                    readings[address] = new(Reading, (value, units.get(address, ""), ts, quality))
+                    any_change = True
             for address in stale:
                 old = readings.get(address)
                 if old is not None and old.quality is not Quality.STALE:
                     r = old._replace(quality=Quality.STALE)
                     readings[address] = r
                     changed.append((address, r))
-            if changed:
+                    any_change = True
+            if any_change:
                 self._changed.notify_all()
         if self._subs and changed:
             self._notify(changed)

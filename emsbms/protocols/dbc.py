@@ -9,10 +9,11 @@ from typing import TYPE_CHECKING, Any
 
 import can
 
-from emsbms.codec import CompiledMessage, compile_message
+from emsbms.codec import CompiledMessage, Sampler, compile_message, compile_sampler
 from emsbms.errors import CommandRejected, ProfileError
 from emsbms.protocols.base import (
     EMPTY,
+    EXTENDED,
     Adapter,
     CommandPlan,
     DeviceConfig,
@@ -32,6 +33,9 @@ from emsbms.types import (
 
 if TYPE_CHECKING:
     from emsbms.profile.loader import Profile
+
+
+_new = tuple.__new__  # builds an Output without its Python-level constructor
 
 
 def _known(names: Iterable[str]) -> str:
@@ -97,6 +101,7 @@ class _Route:
     outputs: tuple[tuple[int, str, float, float, bool, str], ...]
     # (signal index, alarm name, source slot, level, active raw value or None)
     alarm_inputs: tuple[tuple[int, str, int, int, int | None], ...]
+    sample: Sampler  # full-length payload -> the samples of its channels and alarms
 
 
 @dataclass(slots=True)
@@ -157,12 +162,19 @@ class DbcAdapter(Adapter):
         )
         settings = m.messages.get(msg.name)
         min_dlc = settings.min_dlc if settings and settings.min_dlc is not None else msg.length
+        alarms = [
+            (self._alarm_slots[name], self.prefix + "Alarm/" + name,
+             [(i, slot, level, value) for i, n, slot, level, value in alarm_inputs if n == name])
+            for name in dict.fromkeys(a[1] for a in alarm_inputs)
+        ]
+        sampler, _ = compile_sampler(compiled, outputs, alarms)
         return _Route(
             compiled=compiled,
             key=frame_key(msg.frame_id + self.offset, msg.is_extended_frame),
             min_dlc=min_dlc,
             outputs=outputs,
             alarm_inputs=alarm_inputs,
+            sample=sampler,
         )
 
     @classmethod
@@ -198,11 +210,25 @@ class DbcAdapter(Adapter):
         return Output(samples=self.supervisor.begin(now_us))
 
     def on_frame(self, msg: can.Message, now_us: int) -> Output | None:
-        route = self._routes.get(frame_key(msg.arbitration_id, msg.is_extended_id))
+        aid = msg.arbitration_id
+        route = self._routes.get(aid | EXTENDED if msg.is_extended_id else aid)
         if route is None:
             return None
         if msg.is_remote_frame:
             return Output(error=f"{self.device.name}: remote frame for {route.compiled.name}")
+        data: bytes | bytearray = msg.data
+        if len(data) != route.compiled.length:
+            return self._short_frame(route, msg)
+        # the hot path: one generated function decodes, sets the alarm slots and builds the samples
+        ts = round(msg.timestamp * 1_000_000)
+        samples = route.sample(data, ts)
+        transition = self.supervisor.seen(route.key, ts)
+        if transition:
+            samples += transition
+        return _new(Output, (samples, (), (), None))  # type: ignore[no-any-return]
+
+    def _short_frame(self, route: _Route, msg: can.Message) -> Output:
+        """A frame shorter (or longer) than its message: padded, and only the signals it carries."""
         data: bytes | bytearray = msg.data
         length = route.compiled.length
         n = len(data)
