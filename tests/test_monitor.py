@@ -317,19 +317,20 @@ def test_sparkline_buckets_by_time_and_scales() -> None:
     assert spark([(NOW - 9_000_000, 1.0)], NOW, window, 2) == "  "  # older than the window
 
 
-def test_history_samples_snapshots_with_gaps_when_stale() -> None:
+def test_history_keeps_one_second_means_with_gaps_when_stale() -> None:
     h = History(window_s=10.0)
+    start = NOW - NOW % 1_000_000  # a bin boundary
     for i in range(5):
-        t = NOW + i * 400_000  # 2.5 redraws a second
-        h.sample({"d/Soc": Reading(50.0, "%", NOW, Quality.OK), "d/V": Reading(float(i), "V", t, Quality.OK),
+        t = start + i * 400_000  # 2.5 redraws a second: bins 0 (t = 0, 0.4, 0.8 s), 1 (1.2, 1.6 s)
+        h.sample({"d/V": Reading(float(i), "V", t, Quality.OK), "d/On": Reading(i % 2 == 1, "", t, Quality.OK),
                   "d/State": Reading(CommState.OK, "", t, Quality.OK), "d/Text": Reading("x", "", t, Quality.OK),
                   "d/I": Reading(1.0, "A", t, Quality.STALE)}, t)
-    # the unchanged SoC is held once a second (t = 0, 1.2 s), the changing voltage kept every time
-    assert [p[0] - NOW for p in h.series("d/Soc")] == [0, 1_200_000]
-    assert [v for _, v in h.series("d/V")] == [0.0, 1.0, 2.0, 3.0, 4.0]
-    assert h.series("d/State") == () and h.series("d/Text") == () and h.series("d/I") == ()
-    h.sample({"d/V": Reading(9.0, "V", NOW, Quality.OK)}, NOW + 12_000_000)  # the window moved past the rest
-    assert [v for _, v in h.series("d/V")] == [9.0]
+    assert h.series("d/V") == [(start, 1.0), (start + 1_000_000, 3.5)]  # (0+1+2)/3, (3+4)/2
+    assert h.series("d/On") == [(start, 1 / 3), (start + 1_000_000, 0.5)]  # booleans as 0/1
+    assert h.series("d/State") == [] and h.series("d/Text") == [] and h.series("d/I") == []
+    for s in range(2, 20):  # 18 more seconds: at most 11 bins (10 s + the current one) are kept
+        h.sample({"d/V": Reading(9.0, "V", NOW, Quality.OK)}, start + s * 1_000_000)
+    assert [t - start for t, _ in h.series("d/V")] == [s * 1_000_000 for s in range(9, 20)]
 
 
 def test_columns_are_dropped_by_priority_and_grow_into_spare_room() -> None:
@@ -436,3 +437,20 @@ def test_active_alarms_are_shortened_and_counted_to_fit() -> None:
     assert _alarms(rows, 14).plain == "OverTemp +2"
     assert _alarms(rows, 8).plain == "Over… +2"
     assert _alarms(rows[3:], 8).plain == "none"
+
+
+@pytest.mark.parametrize("width", [60, 80, 120, 200])
+@pytest.mark.parametrize("devices", [0, 1, 3, 12])
+@pytest.mark.parametrize("events", [0, 2, 30])
+def test_pane_height_is_known_before_drawing(width: int, devices: int, events: int) -> None:
+    from emsbms.monitor._layout import _pane_lines, _panes
+    from emsbms.monitor._model import Scene, classify
+
+    snap = {f"can{i % 4}/RxFrames": at(1) for i in range(4)}
+    snap |= {f"d{i}/CommState": at(CommState.OK) for i in range(devices)}
+    made = tuple(event(i, f"d{i}", EventKind.COMM, Severity.OK, "x") for i in range(events))
+    scene = Scene(snap, NOW, History(), made)
+    view = classify(scene, Filters())
+    for height, rows, event_rows in ((24, 3, 3), (50, 8, 7), (14, 2, 2)):
+        drawn = _panes(scene, view, width, height, rows, event_rows)
+        assert len(drawn) == _pane_lines(view, width, height, rows, event_rows)

@@ -4,10 +4,12 @@ grouped under a header per device, flowed into columns and turned into pages whe
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
-from rich.text import Text
+from rich.cells import cell_len
+from rich.text import Span, Text
 
 from emsbms.monitor._model import (
     ALARM_STYLE,
@@ -54,13 +56,43 @@ class CellPlan:
         return CellPlan(width, name, value, max(0, rest - name))
 
 
+Part = tuple[str, str]
+"""A piece of a line: (text, style)."""
+
+
 @dataclass(frozen=True)
 class Cell:
-    """One line of the channel table and the device it belongs to."""
+    """One place of the channel table: the device it belongs to, and how to draw it (called
+    only if its page is shown) as parts exactly the cell's width."""
 
-    text: Text
     device: str
+    draw: Callable[[], list[Part]]
     header: bool = False
+
+
+def exact(parts: list[Part], width: int) -> list[Part]:
+    """`parts` padded, or cut with an ellipsis, to exactly `width` cells."""
+    used = sum(len(t) if t.isascii() else cell_len(t) for t, _ in parts)
+    if used == width:
+        return parts
+    if used < width:
+        return [*parts, (" " * (width - used), "")]
+    text = fit_text(styled(parts), width)
+    return [(text.plain[span.start : span.end], str(span.style)) for span in _spans(text)]
+
+
+def _spans(text: Text) -> list[Span]:
+    """The spans of `text` covering every character (unstyled stretches get an empty style)."""
+    out: list[Span] = []
+    pos = 0
+    for span in sorted(text.spans, key=lambda s: s.start):
+        if span.start > pos:
+            out.append(Span(pos, span.start, ""))
+        out.append(Span(max(pos, span.start), span.end, span.style))
+        pos = max(pos, span.end)
+    if pos < len(text.plain):
+        out.append(Span(pos, len(text.plain), ""))
+    return out
 
 
 def value_text(name: str, reading: Reading) -> str:
@@ -73,7 +105,7 @@ def value_text(name: str, reading: Reading) -> str:
     return format_value(reading.value, reading.unit)
 
 
-def _value_cell(name: str, reading: Reading, scene: Scene, plan: CellPlan, prefix: str) -> Text:
+def _value_cell(name: str, reading: Reading, scene: Scene, plan: CellPlan, prefix: str) -> list[Part]:
     quality = reading.quality
     text = value_text(name, reading)
     value_style = QUALITY_STYLE[quality]
@@ -83,7 +115,7 @@ def _value_cell(name: str, reading: Reading, scene: Scene, plan: CellPlan, prefi
     if isinstance(reading.value, str) and len(text) > plan.value:
         # a long text (a state, an EMCY's meaning, a DTC list) takes the sparkline's place too
         wide = fit(text, plan.value + (plan.spark + 1 if plan.spark else 0))
-        return fit_text(styled(((lead, ""), (wide, value_style), age)), plan.width)
+        return exact([(lead, ""), (wide, value_style), age], plan.width)
     parts = [(lead, ""), (fit(text, plan.value, "right"), value_style), age]
     if plan.spark:
         if quality is not Quality.OK:
@@ -92,20 +124,20 @@ def _value_cell(name: str, reading: Reading, scene: Scene, plan: CellPlan, prefi
         elif name not in HEX_CHANNELS:
             points = scene.history.series(prefix + name)
             parts.append((" " + sparkline(points, scene.now_us, scene.history.window_us, plan.spark), "cyan"))
-    return fit_text(styled(parts), plan.width)
+    return exact(parts, plan.width)
 
 
-def _alarm_cell(name: str, reading: Reading, scene: Scene, plan: CellPlan) -> Text:
+def _alarm_cell(name: str, reading: Reading, scene: Scene, plan: CellPlan) -> list[Part]:
     lv = level(reading.value)
-    return fit_text(styled((
+    return exact([
         (" ", ""),
         (fit("!" + abbreviate(name.removeprefix("Alarm/"), plan.name - 1), plan.name), ALARM_STYLE[2]),
         (" " + fit(ALARM_TEXT.get(lv, str(lv)), plan.value, "right"), ALARM_STYLE.get(lv, "")),
         (" " + fit(format_age(scene.now_us, reading.timestamp_us), AGE_W, "right"), "dim"),
-    )), plan.width)
+    ], plan.width)
 
 
-def device_header(scene: Scene, device: str, width: int, note: str = "") -> Text:
+def device_header(scene: Scene, device: str, width: int, note: str = "") -> list[Part]:
     """``─ cia418_bms  cia418-bms 1.0.0 · can2 ───── OK``, exactly `width` wide: the profile and
     bus are left out (the bus first) when they do not fit."""
     comm = scene.snapshot.get(f"{device}/CommState")
@@ -113,26 +145,23 @@ def device_header(scene: Scene, device: str, width: int, note: str = "") -> Text
     meta = scene.devices.get(device)
     room = width - len(state) - 6  # "─ " before, " ─ " and a space around the state
     name = fit(device + note, min(len(device + note), max(room, 4)))
-    head = Text("─ ", style="bold")
-    head.append(name, style="bold")
+    parts: list[Part] = [("─ " + name, "bold")]
     if meta is not None and not note:
         for detail in (" · ".join(x for x in (meta.profile_text, meta.bus) if x), meta.profile_text):
             if detail and len(name) + 2 + len(detail) <= room:
-                head.append("  ")
-                head.append(detail, style="dim")
+                parts += [("  ", ""), (detail, "dim")]
                 break
-    fill = width - head.cell_len - len(state) - 2
-    head.append(" " + "─" * max(0, fill - 1) + " ", style="bold")
-    head.append(state, style=COMM_STYLE.get(state, ""))
-    return fit_text(head, width)
+    fill = width - sum(len(t) for t, _ in parts) - len(state) - 2
+    parts += [(" " + "─" * max(0, fill - 1) + " ", "bold"), (state, COMM_STYLE.get(state, ""))]
+    return exact(parts, width)
 
 
 def channel_cells(scene: Scene, view: View, plan: CellPlan) -> list[Cell]:
     """Every cell of the table: per device a header, its channels, active alarms, and one line
-    summing up the alarms that are ok."""
+    summing up the alarms that are ok. Nothing is drawn yet."""
     cells: list[Cell] = []
     for device in view.devices:
-        cells.append(Cell(device_header(scene, device, plan.width), device, header=True))
+        cells.append(Cell(device, partial(device_header, scene, device, plan.width), header=True))
         quiet = 0
         prefix = device + "/"
         for name, reading in view.channels[device]:
@@ -140,11 +169,12 @@ def channel_cells(scene: Scene, view: View, plan: CellPlan) -> list[Cell]:
                 if level(reading.value) == 0:
                     quiet += 1
                 else:
-                    cells.append(Cell(_alarm_cell(name, reading, scene, plan), device))
+                    cells.append(Cell(device, partial(_alarm_cell, name, reading, scene, plan)))
                 continue
-            cells.append(Cell(_value_cell(name, reading, scene, plan, prefix), device))
+            cells.append(Cell(device, partial(_value_cell, name, reading, scene, plan, prefix)))
         if quiet:
-            cells.append(Cell(Text(fit(f" {count(quiet, 'alarm')} ok", plan.width), style="green"), device))
+            summary = [(fit(f" {count(quiet, 'alarm')} ok", plan.width), "green")]
+            cells.append(Cell(device, partial(list, summary)))
     return cells
 
 
@@ -183,14 +213,15 @@ def paginate(cells: Sequence[Cell], capacity: int, scene: Scene, width: int) -> 
         if len(pages[-1]) >= per_page:
             pages.append([])
             if not cell.header:
-                pages[-1].append(Cell(device_header(scene, cell.device, width, " (cont.)"), cell.device, True))
+                pages[-1].append(Cell(cell.device, partial(device_header, scene, cell.device, width, " (cont.)"),
+                                      header=True))
         pages[-1].append(cell)
     return pages
 
 
 def flow(cells: Sequence[Cell], columns: int, rows: int, cell_w: int, page: int, scene: Scene) -> list[Text]:
-    """Lay cells out column by column in at most `rows` lines. When they do not fit, show page
-    `page` (modulo the page count) and say so on a last line of its own."""
+    """Lay cells out column by column in at most `rows` lines, drawing only those shown. When
+    they do not fit, show page `page` (modulo the page count) and say so on a last line."""
     if rows <= 0 or not cells:
         return []
     pages = paginate(cells, columns * rows, scene, cell_w)
@@ -202,13 +233,14 @@ def flow(cells: Sequence[Cell], columns: int, rows: int, cell_w: int, page: int,
         note = Text(f" page {page % len(pages) + 1}/{len(pages)} · {hidden} more lines on the other pages ",
                     style="reverse")
     shown = pages[page % len(pages)]
-    used_rows = min(rows, math.ceil(len(shown) / columns))
+    drawn = [cell.draw() for cell in shown]
+    used_rows = min(rows, math.ceil(len(drawn) / columns))
     lines: list[Text] = []
     for r in range(used_rows):
-        line = Text()
+        parts: list[Part] = []
         for c in range(columns):
             i = c * used_rows + r
-            if i < len(shown):
-                line.append_text(shown[i].text)
-        lines.append(line)
+            if i < len(drawn):
+                parts += drawn[i]
+        lines.append(styled(parts))
     return [*lines, note] if note is not None else lines

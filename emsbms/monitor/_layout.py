@@ -63,11 +63,12 @@ def render_scene(scene: Scene, width: int, height: int, filters: Filters, title:
     body = height - 1
     pane_rows = max(1, min(max(len(view.buses), len(view.devices), 1), max(2, body // 3)))
     event_rows = max(2, min(12, height // 7))
-    panes = _panes(scene, view, width, height, pane_rows, event_rows)
-    columns, needed = _table_shape(view, width, body - len(panes))
-    spare = body - len(panes) - needed
+    pane_lines = _pane_lines(view, width, height, pane_rows, event_rows)
+    columns, needed = _table_shape(view, width, body - pane_lines)
+    spare = body - pane_lines - needed
     if spare > 0 and len(view.events) > event_rows:  # the table does not need every line: more events
-        panes = _panes(scene, view, width, height, pane_rows, event_rows + spare)
+        event_rows += spare
+    panes = _panes(scene, view, width, height, pane_rows, event_rows)
     lines.extend(panes)
     lines.extend(_channels(scene, view, width, body - len(panes), columns, filters.page))
     return _group(lines, width, height)
@@ -90,6 +91,20 @@ def _natural(columns: Sequence[Column], most_drop: int) -> int:
     """Width of the columns whose `drop` is at most `most_drop`, without growing."""
     kept = [c.width for c in columns if c.drop <= most_drop]
     return sum(kept) + len(kept) - 1
+
+
+def _pane_lines(view: View, width: int, height: int, rows: int, event_rows: int) -> int:
+    """How many lines `_panes` takes, without drawing it: each pane is a title and its rows
+    (the last of which may say how many more there are); an empty event log says so in one."""
+    shown_events = min(event_rows, max(1, len(view.events)))
+    buses, devices = len(view.buses), len(view.devices)
+    if width >= WIDE_MIN:
+        across = max(rows, shown_events)
+        return 1 + max(min(buses, across), min(devices, across), min(across, max(1, len(view.events))))
+    if width >= SIDE_BY_SIDE_MIN:
+        return 1 + max(min(buses, rows), min(devices, rows)) + 1 + shown_events
+    small = min(rows, max(1, height // 6))
+    return 1 + min(buses, small) + 1 + min(devices, small) + 1 + min(2, shown_events)
 
 
 def _panes(scene: Scene, view: View, width: int, height: int, rows: int, event_rows: int) -> list[Text]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Sequence
 from enum import Enum
@@ -69,6 +70,7 @@ def fit_text(text: Text, width: int, align: str = "left") -> Text:
     return out
 
 
+@functools.lru_cache(maxsize=4096)
 def abbreviate(name: str, width: int) -> str:
     """A channel name shortened word by word until it fits `width` (then cut with an ellipsis).
 
@@ -81,6 +83,7 @@ def abbreviate(name: str, width: int) -> str:
     return fit(name, width) if len(name) > width else name
 
 
+@functools.lru_cache(maxsize=1024)
 def shorten(name: str) -> str:
     """A name with every word of `ABBREVIATIONS` shortened (``OverTemperature`` -> ``OverTemp``)."""
     for long, short in ABBREVIATIONS:
