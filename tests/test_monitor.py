@@ -338,6 +338,14 @@ def test_columns_are_dropped_by_priority_and_grow_into_spare_room() -> None:
     assert plan(columns, 40) == [(0, 4), (1, 3), (2, 3), (3, 7)]  # 4+3+3+2 + 3 gaps = 15: D grows by 5
     assert plan(columns, 12) == [(0, 4), (2, 3), (3, 3)]  # B (drop 2) goes first; D takes the spare cell
     assert plan(columns, 7) == [(0, 4), (3, 2)]
+    assert plan(columns, 3) == [(0, 4), (3, 2)]  # too narrow: nothing shrinks (the line is cut instead)
+
+
+@pytest.mark.parametrize(("width", "height"), [(20, 5), (30, 10), (40, 12), (79, 24), (150, 40), (300, 80)])
+def test_any_terminal_size_is_filled_and_never_overflowed(width: int, height: int) -> None:
+    lines = lines_of(width, height, snap=big_site())
+    assert 0 < len(lines) <= height and max(len(line) for line in lines) <= width
+    assert lines[1].startswith("Bus")
 
 
 def test_keys_and_pages() -> None:

@@ -71,6 +71,8 @@ class KeyReader:
 
         fd = sys.stdin.fileno()
         try:
+            if os.tcgetpgrp(fd) != os.getpgrp():
+                return self  # in the background: changing the terminal would stop the process (SIGTTOU)
             self._saved = termios.tcgetattr(fd)
             tty.setcbreak(fd)
         except (termios.error, OSError):

@@ -50,7 +50,7 @@ def plan(columns: Sequence[Column], width: int) -> list[tuple[int, int]]:
     while used() > width and any(columns[i].drop for i in kept):
         kept.remove(max(kept, key=lambda i: (columns[i].drop, i)))
     widths = {i: columns[i].width for i in kept}
-    spare = width - used()
+    spare = max(0, width - used())  # too narrow even so: the lines are cut at the right
     for i in kept:
         extra = min(spare, columns[i].grow)
         widths[i] += extra
