@@ -1,4 +1,4 @@
-"""`emsbms monitor`: the live view of every channel and bus, drawn from registry snapshots."""
+"""`emsbms monitor`: the live loop (snapshots, event log, history, keys) around the pure renderer."""
 
 from __future__ import annotations
 
@@ -157,7 +157,8 @@ def command(
         list[str] | None, typer.Option("--bus", metavar="NAME", help="show only this bus and its devices (repeatable)")
     ] = None,
 ) -> None:
-    """A live view of every channel (value, unit, age, quality), the buses and the devices."""
+    """A live view of the buses, the devices, what happened (EMCY, DM1, comm loss, commands) and
+    every channel with a sparkline of its last minute. Keys: q quit, space pause, arrows turn pages."""
     site = state(ctx).load_site()
     filters = make_filters(site, list(device or []), list(bus or []))
     edge = Edge(site)
