@@ -24,7 +24,7 @@ from emsbms.discovery.j1939 import J1939Node, scan_j1939
 from emsbms.protocols.j1939_stack import GuardedCA
 from emsbms.registry import Snapshot
 from emsbms.sim.j1939_sim import J1939Simulator
-from emsbms.sim.runner import Simulation
+from emsbms.sim.runner import Simulation, initial_soc
 from emsbms.site import Site, parse_site
 from emsbms.types import AlarmLevel, CommandStatus, CommState
 from tests.conftest import virtual_site
@@ -68,7 +68,7 @@ def test_values_requested_groups_and_commands(sim_edge: tuple[Simulation, Edge])
     sim, edge = sim_edge
     result = edge.write("bms_0/SetChargeCurrent", 42.0, 5.0)  # at once: it waits for the address claims
     assert result.status is CommandStatus.ACKED, result.detail
-    assert edge.read("bms_0/Soc", 5.0).value == pytest.approx(40.0, abs=0.5)
+    assert edge.read("bms_0/Soc", 5.0).value == pytest.approx(initial_soc("bms_0"), abs=0.5)
     assert edge.read("bms_0/Soh", 5.0).value == pytest.approx(98.0, abs=0.4)  # HVES1HIST, by BAM
     assert edge.read("bms_0/NominalVoltage", 5.0).value == pytest.approx(614.4)  # HVES1CFG, by BAM
     assert edge.read("bms_0/DischargeMaxCurrent", 5.0).value == pytest.approx(250.0)
@@ -119,7 +119,7 @@ def test_address_change_is_followed_by_name(sim_edge: tuple[Simulation, Edge]) -
     sim.inject("bms_0", "conflict")  # a stronger NAME claims 0xF3: the BMS moves to 0xF4
     assert until(edge, lambda s: s.value("bms_0/SourceAddress") == 0xF4)
     moved = time.time_ns() // 1000
-    assert edge.read("bms_0/Soc", 5.0, after_us=moved).value == pytest.approx(40.0, abs=0.5)
+    assert edge.read("bms_0/Soc", 5.0, after_us=moved).value == pytest.approx(initial_soc("bms_0"), abs=0.5)
     assert value(edge, "bms_0/CommState") is CommState.OK
     assert value(edge, "bms_0/Alarm/NameNotClaimed") == AlarmLevel.OK
 
@@ -129,7 +129,8 @@ def test_identical_bms_on_two_buses() -> None:
     with Simulation(site) as sim, Edge(site) as edge:
         soc0 = edge.read("bms_0/Soc", 5.0).value
         soc1 = edge.read("bms_1/Soc", 5.0).value
-        assert soc0 == pytest.approx(40.0, abs=0.5) and soc1 == pytest.approx(57.0, abs=0.5)
+        assert soc0 == pytest.approx(initial_soc("bms_0"), abs=0.5)
+        assert soc1 == pytest.approx(initial_soc("bms_1"), abs=0.5) and abs(soc0 - soc1) > 1
         sim.inject("bms_1", "overtemp")
         assert until(edge, lambda s: s.value("bms_1/Alarm/OverTemperature") == AlarmLevel.ALARM)
         assert value(edge, "bms_0/Alarm/OverTemperature") == AlarmLevel.OK
@@ -141,8 +142,8 @@ def test_two_bms_on_one_bus_share_one_edge_ecu() -> None:
              "source_address": 0xF4}
     site = virtual_site(["can0"], [DEVICE, other])
     with Simulation(site), Edge(site) as edge:
-        assert edge.read("bms_0/Soc", 5.0).value == pytest.approx(40.0, abs=0.5)
-        assert edge.read("bms_1/Soc", 5.0).value == pytest.approx(57.0, abs=0.5)
+        assert edge.read("bms_0/Soc", 5.0).value == pytest.approx(initial_soc("bms_0"), abs=0.5)
+        assert edge.read("bms_1/Soc", 5.0).value == pytest.approx(initial_soc("bms_1"), abs=0.5)
         assert edge.read("bms_1/Soh", 5.0).value == pytest.approx(98.0, abs=0.4)
         assert edge.adapters["bms_0"].stack is edge.adapters["bms_1"].stack  # type: ignore[attr-defined]
         assert value(edge, "bms_0/SourceAddress") == 0xF3 and value(edge, "bms_1/SourceAddress") == 0xF4
@@ -225,7 +226,8 @@ def test_cross_process_over_udp_multicast(tmp_path: Path) -> None:
         r = run_cli(site, "read", "bms_0/Soc", "bms_0/Soh", "bms_0/SourceAddress", "--json", "--timeout", "20")
         assert r.returncode == 0, r.stderr
         doc = json.loads(r.stdout)
-        assert doc["bms_0/Soc"]["value"] == pytest.approx(40.0, abs=1.0) and doc["bms_0/Soc"]["unit"] == "%"
+        assert doc["bms_0/Soc"]["value"] == pytest.approx(initial_soc("bms_0"), abs=1.0)
+        assert doc["bms_0/Soc"]["unit"] == "%"
         assert doc["bms_0/Soh"]["value"] == pytest.approx(98.0, abs=0.4)
         assert doc["bms_0/SourceAddress"]["value"] == 0xF3
         r = run_cli(site, "write", "bms_0/ResetFaults", "1", "--json", "--timeout", "10")

@@ -14,6 +14,11 @@ from emsbms.site import Site
 log = logging.getLogger(__name__)
 
 
+def initial_soc(device: str) -> float:
+    """The SoC (%) a simulated device starts at: 30-90 %, from its name."""
+    return 30.0 + zlib.crc32(device.encode()) % 61
+
+
 class Simulation:
     """Simulators for the devices of a site (all, or the named ones). A context manager."""
 
@@ -27,8 +32,7 @@ class Simulation:
             profile = profiles[d.name]
             # seed and starting SoC from the device name: identical devices show different values,
             # however the devices are grouped into Simulations
-            k = zlib.crc32(d.name.encode())
-            model = BatteryModel(seed=seed + k, soc=30.0 + k % 61)
+            model = BatteryModel(seed=seed + zlib.crc32(d.name.encode()), soc=initial_soc(d.name))
             cls = simulator_class(profile.protocol)
             self.simulators[d.name] = cls(d, profile, site.bus(d.bus), model)
 
