@@ -314,16 +314,19 @@ class Edge:
 
     def _activate(self, name: str, profile: Profile) -> None:
         old = self.adapters[name]
-        if "j1939" in (old.protocol, profile.protocol):
-            raise UnsupportedError(f"device {name}: a j1939 device shares its bus's J1939 ECU; restart the edge to"
-                                   f" switch it to {profile.name} {profile.version}")
+        if old.protocol != profile.protocol and "j1939" in (old.protocol, profile.protocol):
+            raise UnsupportedError(f"device {name}: cannot switch from protocol {old.protocol} to {profile.protocol}"
+                                   f" ({profile.name} {profile.version}) in place: a j1939 device shares its"
+                                   " bus's J1939 ECU; restart the edge")
         new = adapter_class(profile.protocol)(old.device, profile)
         self._check_shared_ids(new, old)
         dispatcher = self.dispatchers[old.device.bus]
         infos = new.channels()
         self.registry.declare(infos)
         gone = sorted({i.address for i in old.channels()} - {i.address for i in infos})
-        dispatcher.replace_adapter(old, new, start=self._running)
+        with dispatcher.lock:  # the hand-over and the swap are one step for the dispatcher thread
+            new.take_over(old)
+            dispatcher.replace_adapter(old, new, start=self._running)
         self.adapters[name] = new
         self.profiles[name] = profile
         self.commands[name] = CommandChannel(new, dispatcher)

@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import can
 import pytest
@@ -18,8 +19,10 @@ from emsbms.db import EdgeDb
 from emsbms.db.watch import ProfileWatcher
 from emsbms.edge import Edge
 from emsbms.errors import ConfigError, UnsupportedError
-from emsbms.profile.loader import load_profile
-from emsbms.sim.runner import Simulation
+from emsbms.profile.loader import Profile, load_profile
+from emsbms.protocols.j1939 import J1939Adapter
+from emsbms.registry import Snapshot
+from emsbms.sim.runner import Simulation, initial_soc
 from emsbms.types import Quality, Reading
 from tests.conftest import virtual_site
 from tests.test_db import invoke, profile_copy, pylon_v2
@@ -104,12 +107,83 @@ def test_a_profile_that_cannot_be_built_never_replaces_a_working_one(tmp_path: P
         assert edge.read("bms_0/Soc", timeout=10.0, after_us=later).quality is Quality.OK  # still decoding
 
 
-def test_j1939_devices_are_not_switched_while_running() -> None:
+def hvess_v2(doc: dict[str, Any]) -> None:
+    """v2 of j1939-hvess: Soc rescaled by 0.5, the unscaled value as new SocPercent, Soh renamed StateOfHealth."""
+    doc["channels"]["SocPercent"] = dict(doc["channels"]["Soc"])
+    doc["channels"]["Soc"]["scale"] = 0.5
+    doc["channels"]["StateOfHealth"] = doc["channels"].pop("Soh")
+
+
+def edge_claims(frames: list[can.Message], edge_address: int) -> list[can.Message]:
+    """Address claims (PGN 0xEE00) the edge sent, and its Requests for Address Claimed (0xEA, data 00 EE 00)."""
+    return [m for m in frames if m.is_extended_id and (m.arbitration_id & 0xFF) in (edge_address, 0xFE) and (
+        (m.arbitration_id >> 16) & 0xFF == 0xEE
+        or ((m.arbitration_id >> 16) & 0xFF == 0xEA and bytes(m.data[:3]) == b"\x00\xee\x00"))]
+
+
+def test_a_running_j1939_device_switches_on_its_bus_stack_without_a_new_claim(tmp_path: Path) -> None:
+    v2 = profile_copy(tmp_path, base="j1939-hvess", version="1.1.0", edit=hvess_v2)
+    site = virtual_site(["can0"], [{"name": "bms_0", "bus": "can0", "profile": "j1939-hvess",
+                                    "j1939_name": 0x9000A0005CA01F3A}])
+    seen: list[can.Message] = []
+    with can.Bus(interface="virtual", channel=site.bus("can0").channel) as bus:  # listens from before the start
+        notifier = can.Notifier(bus, [seen.append])
+        try:
+            with Simulation(site), Edge(site) as edge:
+                switch_and_check(edge, load_profile(v2), seen)
+        finally:
+            notifier.stop()
+
+
+def switch_and_check(edge: Edge, v2: Profile, seen: list[can.Message]) -> None:
+    """Switch bms_0 to `v2` once the claims are done; check the new mapping, the addresses, the claims."""
+    assert edge.wait_until(lambda s: s.value("bms_0/EdgeAddress") == 0xE0, 10.0)
+    assert edge.wait_until(lambda s: s.value("bms_0/SourceAddress") == 0xF3, 10.0)
+    soh = edge.read("bms_0/Soh", timeout=10.0).value  # HVES1HIST, on request (BAM)
+    assert soh == pytest.approx(98.0, abs=0.4)
+    old = edge.adapters["bms_0"]
+    assert isinstance(old, J1939Adapter)
+    claims_before = len(edge_claims(list(seen), 0xE0))
+    assert claims_before >= 2  # the edge's Request for Address Claimed and its claim at start
+    switched_us = time.time_ns() // 1000
+    assert edge.activate_profile(v2) == ["bms_0"]
+    new = edge.adapters["bms_0"]
+    assert isinstance(new, J1939Adapter) and new is not old and edge.profiles["bms_0"].version == "1.1.0"
+    assert new.stack is old.stack and new.stack.clients == [new]  # the same edge ECU, the old adapter gone
+    assert new.address == 0xF3  # from the stack's NAME table: the BMS claimed nothing since
+    assert new.stack.edge_address == 0xE0
+
+    def pair(s: Snapshot) -> bool:  # Soc and SocPercent decoded from one HVES1D2 frame after the switch
+        a, b = s.get("bms_0/Soc"), s.get("bms_0/SocPercent")
+        return a is not None and b is not None and a.timestamp_us == b.timestamp_us > switched_us
+
+    assert edge.wait_until(pair, 10.0)
+    snap = edge.snapshot()
+    percent, soc = snap.value("bms_0/SocPercent"), snap.value("bms_0/Soc")
+    assert isinstance(percent, float) and isinstance(soc, float)
+    assert percent == pytest.approx(initial_soc("bms_0"), abs=0.5)
+    assert soc == pytest.approx(percent * 0.5, abs=1e-9)  # the new scale
+    health = edge.read("bms_0/StateOfHealth", timeout=10.0)  # requested again under v2
+    assert health.value == soh and health.timestamp_us > switched_us
+    gone = edge.registry.get("bms_0/Soh")
+    assert gone is not None and gone.quality is Quality.STALE
+    # 1 s on (a new claim would have been sent 0.5 s after a new start), frames still decode
+    assert edge.read("bms_0/Voltage", timeout=10.0, after_us=switched_us + 1_000_000).quality is Quality.OK
+    assert edge.registry.get("bms_0/EdgeAddress").value == 0xE0  # type: ignore[union-attr]
+    assert edge.registry.get("bms_0/SourceAddress").value == 0xF3  # type: ignore[union-attr]
+    assert edge.dispatchers["can0"].bad_frames == 0
+    assert len(edge_claims(list(seen), 0xE0)) == claims_before  # no address claim, no request for claims
+
+
+def test_a_j1939_device_is_not_switched_to_another_protocol(tmp_path: Path) -> None:
     site = virtual_site(["can0"], [{"name": "hv_0", "bus": "can0", "profile": "j1939-hvess",
                                     "source_address": 0xF3}])
     edge = Edge(site)
-    with pytest.raises(UnsupportedError, match="hv_0: a j1939 device shares its bus's J1939 ECU; restart the edge"):
-        edge.activate_profile(load_profile("j1939-hvess"))
+    working = edge.adapters["hv_0"]
+    other = load_profile(profile_copy(tmp_path, name="j1939-hvess", version="2.0.0"))  # a pylon-lv (DBC) profile
+    with pytest.raises(UnsupportedError, match="hv_0: cannot switch from protocol j1939 to dbc"):
+        edge.activate_profile(other)
+    assert edge.adapters["hv_0"] is working and edge.profiles["hv_0"].version == "1.0.0"
 
 
 def test_an_import_reaches_a_running_edge_started_from_the_database(tmp_path: Path) -> None:

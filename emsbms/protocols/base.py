@@ -150,6 +150,13 @@ class Adapter(ABC):
         """Told the outcome of a command (e.g. to start or drop a cyclic setpoint)."""
         return EMPTY
 
+    def take_over(self, old: Adapter) -> None:
+        """Take over what `old`, the same device's adapter it replaces, holds (hot profile activation).
+
+        Called by the edge under the dispatcher's lock once every check has passed, just before the
+        swap (e.g. a J1939 adapter takes the bus's shared stack). The default does nothing.
+        """
+
     @property
     @abstractmethod
     def comm_state(self) -> CommState:

@@ -368,6 +368,29 @@ class J1939Adapter(Adapter):
     def check_profile(cls, profile: Profile) -> None:
         check_j1939_profile(profile)
 
+    def take_over(self, old: Adapter) -> None:
+        """Take `old`'s place in the bus's shared stack (hot activation of a new profile version).
+
+        Same edge ECU and claimed address, no new claim; the device's address is re-learned from
+        the stack's NAME table. Commands waiting for the claims, cyclic setpoints of commands that
+        still exist with the same message, the DTCs and the communication state carry over;
+        on-request groups are asked for again (the new version may map them differently).
+        """
+        if not isinstance(old, J1939Adapter):
+            raise ConfigError(f"device {self.device_name!r}: a j1939 profile cannot replace a {old.protocol}"
+                              " adapter while the edge runs; restart the edge")
+        built_on, self.stack = self.stack, old.stack
+        old.stack.replace(old, self, built_on)
+        self.address = self._resolve()
+        self._later = old._later
+        commands = self.profile.model.commands
+        self._active = {n: a for n, a in old._active.items()
+                        if n in commands and commands[n].message == old.profile.model.commands[n].message}
+        self._pending = [*old._take_pending(), *self._pending]
+        self.active_dtcs = old.active_dtcs
+        self.supervisor.last_seen_us = old.supervisor.last_seen_us
+        self.supervisor.state = old.supervisor.state
+
     # -- contract ----------------------------------------------------------------------------
 
     def channels(self) -> list[ChannelInfo]:

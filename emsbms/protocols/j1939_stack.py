@@ -27,6 +27,7 @@ from typing import Any, Protocol
 import can
 import j1939
 
+from emsbms.errors import ConfigError
 from emsbms.protocols.base import Output
 from emsbms.protocols.j1939_names import (
     ADDRESS_GLOBAL,
@@ -175,6 +176,27 @@ class J1939Stack:
     def has_device(self, device_name: str) -> bool:
         return any(c.device_name == device_name for c in self.clients)
 
+    def replace(self, old: StackClient, new: StackClient, built_on: J1939Stack | None = None) -> None:
+        """Give `old`'s place among the clients to `new` (hot profile activation).
+
+        The ECU, its claimed address and the NAME/address table stay as they are: nothing is
+        claimed again. `new` leaves `built_on`, the stack it was built on (which never started),
+        and this stack becomes the bus's stack again. The caller holds the dispatcher's lock.
+        Raises ConfigError if `old` is not a client or `built_on` serves another bus.
+        """
+        if old not in self.clients:
+            raise ConfigError(f"bus {self.bus}: device {old.device_name!r} is not on this J1939 stack;"
+                              f" found {', '.join(c.device_name for c in self.clients) or 'no device'}")
+        if built_on is not None and built_on is not self:
+            if built_on.bus != self.bus or built_on.started:
+                raise ConfigError(f"device {new.device_name!r}: built on the stack of bus {built_on.bus!r}"
+                                  f" (started: {built_on.started}), expected an unstarted one of bus {self.bus!r}")
+            if new in built_on.clients:
+                built_on.clients.remove(new)
+            _reinstate(built_on, self)
+        self.clients[self.clients.index(old)] = new
+        self._results.pop(id(old), None)
+
     @property
     def edge_address(self) -> int | None:
         """The edge's claimed address on this bus (None while claiming or after losing it)."""
@@ -297,3 +319,11 @@ def stack_for(bus: str, device_name: str, name: int, address: int) -> J1939Stack
             log.warning("bus %s: device %s asks for edge NAME 0x%016X; the bus already uses 0x%016X",
                         bus, device_name, name, stack.ca.name_value)
         return stack
+
+
+def _reinstate(spare: J1939Stack, stack: J1939Stack) -> None:
+    """Make `stack` the bus's stack again where building a replacement adapter registered `spare`."""
+    with _LOCK:
+        ref = _OPEN.get(stack.bus)
+        if ref is not None and ref() is spare:
+            _OPEN[stack.bus] = weakref.ref(stack)
