@@ -51,6 +51,7 @@ from emsbms.protocols.canopen_services import (
     ObjectChannel,
     identity_problems,
 )
+from emsbms.protocols.cyclic import CyclicSetpoints
 from emsbms.protocols.dbc import validate_command_value
 from emsbms.types import (
     AlarmLevel,
@@ -96,16 +97,6 @@ class _Route:
     @property
     def addresses(self) -> list[str]:
         return [ch.address for _, ch in self.outputs]
-
-
-@dataclass(slots=True)
-class _Active:
-    """A cyclic RPDO setpoint while it lasts."""
-
-    raw: int
-    expires_us: int
-    period_us: int
-    next_us: int
 
 
 def _maps(pdo: PdoBase) -> list[PdoMap]:
@@ -179,7 +170,7 @@ class CanopenAdapter(Adapter):
         self._sdo_active = False
         self._io: AdapterIO | None = None
         # commands
-        self._active: dict[str, _Active] = {}
+        self._active = CyclicSetpoints()  # values are raw RPDO integers
         self._last_raw: dict[tuple[int, int], int] = {}
 
     # -- construction -----------------------------------------------------------------------
@@ -537,7 +528,7 @@ class CanopenAdapter(Adapter):
         key = (var.od.index, var.od.subindex)
         for name, active in self._active.items():
             if self._cmd_vars[name].index == key[0] and self._cmd_vars[name].subindex == key[1]:
-                return active.raw
+                return int(active.value)
         for name, cmd in self.profile.model.commands.items():
             v = self._cmd_vars[name]
             if (v.index, v.subindex) == key and cmd.idle is not None:
@@ -551,22 +542,17 @@ class CanopenAdapter(Adapter):
         if result.status not in (CommandStatus.ACKED, CommandStatus.SENT):
             return EMPTY
         if cmd.via == "rpdo" and cmd.ttl_s is not None and cmd.period_ms is not None:
-            var = self._cmd_vars[plan.command]
-            period = int(cmd.period_ms * 1000)
-            self._active[plan.command] = _Active(int(var.encode_phys(plan.value)),
-                                                 now_us + int(cmd.ttl_s * 1_000_000), period, now_us + period)
+            raw = int(self._cmd_vars[plan.command].encode_phys(plan.value))
+            self._active.start(plan.command, raw, now_us, cmd.ttl_s, cmd.period_ms)
         return Output(samples=[Sample(self.prefix + plan.command, plan.value, now_us)])
 
     def _due_rpdo(self, now_us: int, stale: list[str]) -> list[can.Message]:
         due: dict[int, int] = {}
-        for name, active in list(self._active.items()):
-            if now_us >= active.expires_us:
-                del self._active[name]
-                stale.append(self.prefix + name)
-            elif now_us >= active.next_us:
-                active.next_us = now_us + active.period_us
-                var = self._cmd_vars[name]
-                due[var.index << 8 | var.subindex] = active.raw
+        names, expired = self._active.due(now_us)
+        stale.extend(self.prefix + name for name in expired)
+        for name in names:
+            var = self._cmd_vars[name]
+            due[var.index << 8 | var.subindex] = int(self._active[name].value)
         if not due or self.state is CommState.LOST:
             return []
         try:

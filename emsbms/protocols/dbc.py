@@ -20,6 +20,7 @@ from emsbms.protocols.base import (
     Output,
     frame_key,
 )
+from emsbms.protocols.cyclic import CyclicSetpoints
 from emsbms.supervision import Supervisor
 from emsbms.types import (
     AlarmLevel,
@@ -104,14 +105,6 @@ class _Route:
     sample: Sampler  # full-length payload -> the samples of its channels and alarms
 
 
-@dataclass(slots=True)
-class _Active:
-    value: float
-    expires_us: int
-    period_us: int
-    next_us: int
-
-
 class DbcAdapter(Adapter):
     """Decodes a DBC or inline-message device and encodes its commands."""
 
@@ -142,7 +135,7 @@ class DbcAdapter(Adapter):
                 [o[1] for o in route.outputs]
                 + [self.prefix + "Alarm/" + a[1] for a in route.alarm_inputs],
             )
-        self._active: dict[str, _Active] = {}
+        self._active = CyclicSetpoints()
         self._transmit_next: list[int] = [0] * len(m.transmit)
 
     def _make_route(self, msg: Any) -> _Route:
@@ -309,23 +302,22 @@ class DbcAdapter(Adapter):
         return values
 
     def tick(self, now_us: int) -> Output:
+        transmit_next = self._transmit_next
+        if not self._active and (not transmit_next or now_us < min(transmit_next)):
+            # the usual tick: nothing to send, only supervision to check
+            samples, went_stale = self.supervisor.tick(now_us)
+            if not samples and not went_stale:
+                return EMPTY
+            return _new(Output, (samples, (), went_stale, None))  # type: ignore[no-any-return]
         frames: list[can.Message] = []
         m = self.profile.model
         for i, spec in enumerate(m.transmit):
             if now_us >= self._transmit_next[i]:
                 self._transmit_next[i] = now_us + int(spec.period_ms * 1000)
                 frames.append(self._frame(spec.message, self._message_values(spec.message, dict(spec.signals))))
-        stale: list[str] = []
-        due_messages: dict[str, None] = {}
-        for name, active in list(self._active.items()):
-            if now_us >= active.expires_us:
-                del self._active[name]
-                stale.append(self.prefix + name)
-            elif now_us >= active.next_us:
-                active.next_us = now_us + active.period_us
-                msg_name = m.commands[name].message
-                assert msg_name is not None
-                due_messages[msg_name] = None
+        due, expired = self._active.due(now_us)
+        stale = [self.prefix + name for name in expired]
+        due_messages = dict.fromkeys(m.commands[name].message or "" for name in due)
         for msg_name in due_messages:
             frames.append(self._frame(msg_name, self._message_values(msg_name, {})))
         samples, went_stale = self.supervisor.tick(now_us)
@@ -375,10 +367,7 @@ class DbcAdapter(Adapter):
         if result.status not in (CommandStatus.ACKED, CommandStatus.SENT):
             return EMPTY
         if cmd.ttl_s is not None and cmd.period_ms is not None:
-            period = int(cmd.period_ms * 1000)
-            self._active[plan.command] = _Active(
-                plan.value, now_us + int(cmd.ttl_s * 1_000_000), period, now_us + period
-            )
+            self._active.start(plan.command, plan.value, now_us, cmd.ttl_s, cmd.period_ms)
         return Output(samples=[Sample(self.prefix + plan.command, plan.value, now_us)])
 
 

@@ -23,6 +23,7 @@ from emsbms.codec import CompiledMessage, compile_message
 from emsbms.errors import CommandRejected, ConfigError, ProfileError
 from emsbms.profile.models import HexInt
 from emsbms.protocols.base import EMPTY, AckCheck, Adapter, CommandPlan, DeviceConfig, Output
+from emsbms.protocols.cyclic import CyclicSetpoints
 from emsbms.protocols.dbc import validate_command_value
 from emsbms.protocols.j1939_commands import PendingCommands, ack_check
 from emsbms.protocols.j1939_dm import LAMPS, Dtc, LampState, dtcs_json, parse_dm1
@@ -244,14 +245,6 @@ class _Request:
         self.next_us, self.retry_us, self.answered = at_us, FIRST_RETRY_US, False
 
 
-@dataclass(slots=True)
-class _Active:
-    value: float
-    expires_us: int
-    period_us: int
-    next_us: int
-
-
 def device_addressing(device: DeviceConfig) -> tuple[int | None, int | None]:
     """(NAME, source address) of a device; "0x.." strings are accepted. Raises ConfigError."""
     try:
@@ -306,7 +299,7 @@ class J1939Adapter(Adapter):
             self.supervisor.watch(PGN_DM1, int(self.options.dm1_period_ms * 1000), self._dm1_addresses())
         self._alarm_slots = {name: [0] * len(al.sources) for name, al in m.alarms.items()}
         self.active_dtcs: tuple[Dtc, ...] = ()
-        self._active: dict[str, _Active] = {}
+        self._active = CyclicSetpoints()
         self._pending: list[Sample] = []
         self._later = PendingCommands()
         self._edge_seen: int | None = -1
@@ -383,9 +376,9 @@ class J1939Adapter(Adapter):
         old.stack.replace(old, self, built_on)
         self.address = self._resolve()
         self._later = old._later
-        commands = self.profile.model.commands
-        self._active = {n: a for n, a in old._active.items()
-                        if n in commands and commands[n].message == old.profile.model.commands[n].message}
+        commands, old_commands = self.profile.model.commands, old.profile.model.commands
+        self._active = CyclicSetpoints({n: a for n, a in old._active.items()
+                                        if n in commands and commands[n].message == old_commands[n].message})
         self._pending = [*old._take_pending(), *self._pending]
         self.active_dtcs = old.active_dtcs
         self.supervisor.last_seen_us = old.supervisor.last_seen_us
@@ -699,15 +692,9 @@ class J1939Adapter(Adapter):
         return check
 
     def _send_cyclic(self, now_us: int) -> list[str]:
-        stale: list[str] = []
-        due: dict[str, None] = {}
-        for name, active in list(self._active.items()):
-            if now_us >= active.expires_us:
-                del self._active[name]
-                stale.append(self.prefix + name)
-            elif now_us >= active.next_us:
-                active.next_us = now_us + active.period_us
-                due[self.profile.model.commands[name].message or ""] = None
+        names, expired = self._active.due(now_us)
+        stale = [self.prefix + name for name in expired]
+        due = dict.fromkeys(self.profile.model.commands[name].message or "" for name in names)
         if due and self.stack.edge_address is not None and self.address is not None:
             for message_name in due:
                 try:
@@ -723,7 +710,5 @@ class J1939Adapter(Adapter):
                 return Output(stale=[self.prefix + plan.command])
             return EMPTY
         if cmd.ttl_s is not None and cmd.period_ms is not None and cmd.request is None:
-            period = int(cmd.period_ms * 1000)
-            self._active[plan.command] = _Active(plan.value, now_us + int(cmd.ttl_s * 1_000_000), period,
-                                                 now_us + period)
+            self._active.start(plan.command, plan.value, now_us, cmd.ttl_s, cmd.period_ms)
         return Output(samples=[Sample(self.prefix + plan.command, plan.value, now_us)])
