@@ -49,13 +49,16 @@ class FrameQueue:
     """The bounded frame queue between one reader and one consumer; a full queue refuses, never blocks.
 
     Cheaper than ``queue.Queue`` on the hot path: a put is a deque append and a flag check, and the
-    consumer takes whole batches. The consumer sleeps on an Event only when the queue is empty.
+    consumer takes whole batches. A consumer that finds the queue empty sleeps on a plain lock
+    that the next put releases (``threading.Event`` costs a Condition round per wake-up).
     """
 
     def __init__(self, maxsize: int) -> None:
         self.maxsize = maxsize
         self._items: deque[can.Message] = deque()
-        self._ready = threading.Event()
+        self._wake = threading.Lock()
+        self._wake.acquire()  # held = no wake-up pending
+        self._sleeping = False
 
     def put(self, msg: can.Message) -> bool:
         """Append a frame; False (frame not taken) when the queue is full."""
@@ -63,17 +66,22 @@ class FrameQueue:
         if len(items) >= self.maxsize:
             return False
         items.append(msg)
-        if not self._ready.is_set():
-            self._ready.set()
+        if self._sleeping:
+            self._sleeping = False
+            try:  # noqa: SIM105 (hot path: a try costs nothing, contextlib.suppress is a context manager)
+                self._wake.release()
+            except RuntimeError:  # already released: a wake-up is pending anyway
+                pass
         return True
 
     def get_batch(self, limit: int, timeout: float) -> list[can.Message]:
         """Up to `limit` frames, oldest first; waits up to `timeout` s when there are none."""
         items = self._items
         if not items:
-            self._ready.clear()
-            if not items:  # re-checked after clearing: a put in between has set the event again
-                self._ready.wait(timeout)
+            self._sleeping = True
+            if not items:  # re-checked after raising the flag: a put in between has seen it
+                self._wake.acquire(timeout=timeout)  # a spurious wake-up only means an empty batch
+            self._sleeping = False
         n = min(len(items), limit)
         pop = items.popleft
         return [pop() for _ in range(n)]

@@ -191,8 +191,20 @@ class Dispatcher:
     def tick(self, t: int) -> None:
         with self.lock:
             outs = [a.tick(t) for a in self.adapters]
-        for out in outs:
-            self._emit(out)
+        samples: list[Sample] = []
+        stale: list[str] = []
+        frames: list[can.Message] = []
+        for out_samples, out_frames, out_stale, _ in outs:  # one registry update for the whole tick
+            if out_samples:
+                samples.extend(out_samples)
+            if out_stale:
+                stale.extend(out_stale)
+            if out_frames:
+                frames.extend(out_frames)
+        if samples or stale:
+            self.registry.apply(samples, stale)
+        if frames:
+            self._send(frames)
 
     def _emit(self, out: Output) -> None:
         if out.samples or out.stale:
