@@ -147,6 +147,12 @@ def test_frames_a_faulty_bus_drops_are_counted_lost() -> None:
     assert figures.received + figures.lost == figures.sent
 
 
+def test_capacity_counts_every_frame_put_in_the_queues() -> None:
+    r = e2e.capacity(2, 300)
+    assert (r.buses, r.frames, r.lost) == (2, 600, 0)
+    assert r.frames_per_s > 0 and r.cpu_us_per_frame > 0
+
+
 def test_udp_multicast_variant_counts_every_frame_sent_by_the_other_process() -> None:
     r = e2e.run("udp_multicast", 1, 1_000_000, 0.05, duration=0.3, devices_per_bus=2)
     for side in (r.edge, r.baseline):
@@ -177,6 +183,38 @@ def test_generated_sampler_gives_the_generic_paths_values_on_every_shipped_profi
                 assert got is not None and list(got.samples) == list(want.samples), (name, route.compiled.name)
 
 
+def test_supervisor_quiet_ticks_miss_no_deadline() -> None:
+    """Ticks every 10 ms between deadlines take the quiet path; every deadline still fires on time."""
+    from emsbms.supervision import Supervisor
+
+    t0 = 1_000_000
+    sup = Supervisor("d", timeout_us=1_000_000)
+    sup.watch("A", 100_000, ["d/a"])
+    sup.watch("B", 200_000, ["d/b"])
+    sup.begin(t0)
+    sup.seen("A", t0)
+    sup.seen("B", t0)
+    events: list[tuple[int, str]] = []
+    for t in range(10_000, 2_400_001, 10_000):  # ms after t0, in µs
+        if (t <= 500_000 and t % 100_000 == 0) or t == 1_600_000:
+            sup.seen("A", t0 + t)  # A until 0.5 s and once at 1.6 s
+        if t == 1_700_000:
+            sup.seen("B", t0 + t)  # B at 0 and at 1.7 s
+        samples, stale = sup.tick(t0 + t)
+        events += [(t // 1000, f"stale {a}") for a in stale]
+        events += [(t // 1000, f"{s.address.split('/')[1]}={s.value}") for s in samples if "Alarm" not in s.address]
+    assert events == [
+        (10, "LastSeen=1000000"), (100, "LastSeen=1100000"), (200, "LastSeen=1200000"), (300, "LastSeen=1300000"),
+        (400, "LastSeen=1400000"), (500, "LastSeen=1500000"),
+        (510, "stale d/b"), (510, "CommState=STALE"),  # 0 + 2.5 x 200 ms, strictly after
+        (760, "stale d/a"),  # 500 + 2.5 x 100 ms
+        (1510, "stale d/a"), (1510, "stale d/b"), (1510, "CommState=LOST"),  # 500 ms + the 1 s timeout
+        (1600, "LastSeen=2600000"), (1700, "LastSeen=2700000"),
+        (1860, "stale d/a"), (1860, "CommState=STALE"),  # seen at 1600: its deadline counts again
+        (2210, "stale d/b"),  # seen at 1700
+    ]
+
+
 def test_decode_scenario_measures_every_way_on_the_same_frames() -> None:
     r = decode.bench_profile("pylon-lv", frames=300, min_time=0.0)
     assert r is not None and r.frames == 300
@@ -190,11 +228,12 @@ def test_decode_scenario_measures_every_way_on_the_same_frames() -> None:
 
 
 def test_device_scenario_brings_up_a_small_mixed_fleet() -> None:
-    r = devices.run_count(8, seconds=0.5)
-    assert r.mix == {"j1939-hvess": 4, "cia418-bms": 4}  # slots 0 and 1 of each of the 4 buses
-    assert r.devices_ok == 8
+    r = devices.run_count(12, seconds=0.5)
+    # slots 0, 1 and 2 of each of the 4 buses
+    assert r.mix == {"j1939-hvess": 4, "cia418-bms": 4, "acme-lv-bytemap": 4}
+    assert r.devices_ok == 12
     assert r.frames_per_s > 0 and r.baseline_frames_per_s > 0
-    assert r.snapshot_p50_us is not None and r.channels > 8 * 20
+    assert r.snapshot_p50_us is not None and r.channels > 12 * 20
 
 
 def test_device_mix_keeps_ids_apart_up_to_128_devices() -> None:

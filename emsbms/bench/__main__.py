@@ -1,7 +1,8 @@
 """`python -m emsbms.bench [--json FILE] [--quick] [--only NAME ...]`: run the scenarios, print tables.
 
-Scenarios: decode, e2e (virtual buses), udp (udp_multicast, generator in another process),
-devices, commands, startup. ``--quick`` runs each one tiny (what the tests do).
+Scenarios: decode, capacity (the edge alone, frames put into its queues), e2e (virtual buses),
+udp (udp_multicast, generator in another process), devices, commands, startup. ``--quick`` runs
+each one tiny (what the tests do).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import platform
 import subprocess
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,7 @@ from rich.table import Table
 from emsbms.bench import commands, decode, devices, e2e, startup
 from emsbms.bench.measure import cores
 
-SCENARIOS = ("decode", "e2e", "udp", "devices", "commands", "startup")
+SCENARIOS = ("decode", "capacity", "e2e", "udp", "devices", "commands", "startup")
 
 
 class _CountingHandler(logging.Handler):
@@ -80,6 +82,13 @@ def _e2e(interface: str, quick: bool, duration: float) -> tuple[list[dict[str, A
     return [r.as_dict() for r in results], [e2e.summary(r) for r in results]
 
 
+def _capacity(quick: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    results = [e2e.capacity(n, 500 if quick else 10_000) for n in ((1,) if quick else (1, 8))]
+    rows = [{"buses": r.buses, "frames": r.frames, "frames/s": _fps(r.frames_per_s),
+             "CPU µs/frame": r.cpu_us_per_frame, "lost": r.lost} for r in results]
+    return [asdict(r) for r in results], rows
+
+
 def _devices(quick: bool, duration: float) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     results = devices.run((4,) if quick else (10, 32, 64, 128), seconds=0.5 if quick else duration)
     rows = [{"devices": r.devices, "ok": r.devices_ok, "f/s": _fps(r.frames_per_s), "CPU %": r.cpu_pct,
@@ -131,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     runners: dict[str, tuple[str, Callable[[], tuple[list[dict[str, Any]], list[dict[str, Any]]]]]] = {
         "decode": ("Decode: frames/s on identical frames; ÷ dm = against cantools decode_message",
                    lambda: _decode(q)),
+        "capacity": ("Edge capacity: frames put straight into the receive queues (no bus, no generator)",
+                     lambda: _capacity(q)),
         "e2e": ("End to end, virtual buses: edge (baseline: bare Notifier)", lambda: _e2e("virtual", q, d)),
         "udp": ("End to end, udp_multicast, generator in another process: edge (baseline)",
                 lambda: _e2e("udp_multicast", q, d)),

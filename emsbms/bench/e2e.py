@@ -327,6 +327,57 @@ def run(interface: str = "virtual", buses: int = 1, bitrate: int = 1_000_000, lo
     return result
 
 
+@dataclass
+class CapacityResult:
+    """The edge alone: frames put straight into its receive queues (no bus, no python-can receive)."""
+
+    buses: int
+    frames: int
+    frames_per_s: float
+    cpu_us_per_frame: float
+    lost: int
+
+
+def capacity(buses: int = 8, frames_per_bus: int = 10_000) -> CapacityResult:
+    """How fast the edge's own path (dispatch, decode, registry, one subscriber) drains pre-built frames.
+
+    Each bus's queue gets `frames_per_bus` frames of the bench traffic at once; the figure is the
+    time until the subscriber has seen them all. What python-can's receive path and a generator
+    cost is left out: this is the ceiling of the edge's side alone.
+    """
+    traffic = Traffic(buses, 4)
+    configs = bus_configs("virtual", buses, 1_000_000)
+    receiver = EdgeReceiver(configs, traffic)
+    now = time.time()
+    per_bus: list[list[can.Message]] = []
+    sent: dict[str, int] = {}
+    for b in range(buses):
+        streams = traffic.streams[b]
+        msgs = []
+        for n in range(frames_per_bus):
+            k, seq = n % len(streams), n // len(streams)
+            msgs.append(can.Message(arbitration_id=streams[k].arbitration_id, data=traffic.data(b, k, seq),
+                                    is_extended_id=False, timestamp=now))
+            sent[streams[k].address] = seq + 1
+        per_bus.append(msgs)
+    total = buses * frames_per_bus
+    receiver.start()
+    try:
+        queues = [receiver.edge.runners[c.name].queue for c in configs]
+        window = CpuWindow().start()
+        for q, msgs in zip(queues, per_bus, strict=True):
+            q.maxsize = max(q.maxsize, frames_per_bus)
+            for m in msgs:
+                q.put(m)
+        _wait_drained(receiver.counters, total)
+        window.stop()
+    finally:
+        receiver.stop()
+    lost = sum(c.finish({a: n for a, n in sent.items() if a.startswith(f"b{i}d")})
+               for i, c in enumerate(receiver.counters))
+    return CapacityResult(buses, total, round(total / window.wall_s), round(1e6 * window.cpu_s / total, 2), lost)
+
+
 def summary(r: E2EResult) -> dict[str, Any]:
     """The row the table prints."""
     e, b = r.edge, r.baseline
