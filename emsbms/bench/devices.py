@@ -24,6 +24,7 @@ from typing import Any
 
 import can
 
+from emsbms.bench import BenchError
 from emsbms.bench.fleet import device_tables
 from emsbms.bench.measure import CpuWindow, percentile, rss_mb
 from emsbms.bench.traffic import MULTICAST_GROUP
@@ -92,7 +93,7 @@ def _fleet(site: Path, seconds: float) -> subprocess.Popen[str]:
     line = proc.stdout.readline()
     if line.strip() != "ready":
         proc.kill()
-        raise RuntimeError(f"fleet process: expected 'ready', found {line!r}")
+        raise BenchError(f"fleet process: expected 'ready', found {line!r}")
     return proc
 
 

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 import can
 
+from emsbms.bench import BenchError
 from emsbms.bench.measure import CpuWindow, percentile, rounded, rss_mb
 from emsbms.bench.traffic import MULTICAST_GROUP, SEQ_MOD, LossCounter, Sent, Traffic, bus_sender, pace
 from emsbms.bus import BusFactory, open_python_can
@@ -228,7 +229,7 @@ class UdpSource:
         assert self.proc.stdout is not None and self.proc.stderr is not None
         line = self.proc.stdout.readline()
         if line.strip() != "ready":
-            raise RuntimeError(f"generator process: expected 'ready', found {line!r}: {self.proc.stderr.read()}")
+            raise BenchError(f"generator process: expected 'ready', found {line!r}: {self.proc.stderr.read()}")
 
     def run(self, rate: float, duration: float) -> Sent:
         assert self.proc is not None and self.proc.stdin is not None and self.proc.stdout is not None
@@ -238,7 +239,7 @@ class UdpSource:
         try:
             doc = json.loads(out)
         except json.JSONDecodeError as e:
-            raise RuntimeError(f"generator process: expected a JSON line, found {out!r}") from e
+            raise BenchError(f"generator process: expected a JSON line, found {out!r}") from e
         return Sent(doc["counts"], doc["seconds"], doc["behind"], 0.0)
 
     def close(self) -> None:

@@ -29,6 +29,7 @@ from typing import Any
 
 import can
 
+from emsbms.bench import BenchError
 from emsbms.edge import load_profiles
 from emsbms.profile.loader import Profile
 from emsbms.protocols.base import DeviceConfig
@@ -54,7 +55,7 @@ CLAIMS_SETTLE_S = 1.0
 def device_tables(count: int, buses: list[str]) -> list[dict[str, Any]]:
     """`count` devices dealt round-robin over `buses`, each bus holding the mix described above."""
     if count > PER_BUS_MAX * len(buses):
-        raise ValueError(f"at most {PER_BUS_MAX * len(buses)} devices on {len(buses)} buses, asked for {count}")
+        raise BenchError(f"at most {PER_BUS_MAX * len(buses)} devices on {len(buses)} buses, asked for {count}")
     slot = dict.fromkeys(buses, 0)
     used: dict[tuple[str, str], int] = {}
     turn = dict.fromkeys(buses, 0)

@@ -30,6 +30,7 @@ from typing import Any
 
 import can
 
+from emsbms.bench import BenchError
 from emsbms.health import frame_bits
 
 PROFILE_PATH = Path(__file__).with_name("bench-lv.json")
@@ -91,7 +92,7 @@ class Traffic:
 
     def __init__(self, buses: int, devices_per_bus: int, seed: int = 1) -> None:
         if not 1 <= devices_per_bus <= MAX_DEVICES_PER_BUS:
-            raise ValueError(f"devices per bus: expected 1..{MAX_DEVICES_PER_BUS}, found {devices_per_bus}")
+            raise BenchError(f"devices per bus: expected 1..{MAX_DEVICES_PER_BUS}, found {devices_per_bus}")
         rng = random.Random(seed)
         self.buses = buses
         self.devices_per_bus = devices_per_bus
