@@ -462,3 +462,22 @@ class TestJ1939Contract(AdapterContract):
     def test_frame_keys_cover_the_device_frames(self) -> None:
         adapter = self.make_adapter()
         assert adapter.wants_unmatched and list(adapter.frame_keys()) == []
+
+
+def test_an_unresolved_name_is_asked_for_again_with_backoff() -> None:
+    """A BMS whose claim the edge missed (it claimed before the edge listened) is found by asking again."""
+    a = make(j1939_name=BMS_NAME)
+    t0 = a._start_us
+
+    def claim_requests(t_from: int, t_to: int) -> list[int]:
+        seen = []
+        for t in range(t_from, t_to, 100_000):
+            for f in a.tick(t).frames:
+                if (f.arbitration_id >> 8) & 0xFFFF == 0xEAFF and bytes(f.data[:3]) == b"\x00\xee\x00":
+                    seen.append(round((t - t0) / 1e6))
+        return seen
+
+    assert claim_requests(t0, t0 + 16_000_000) == [1, 3, 7, 15]  # after the one at start: 1, 2, 4, 8 s apart
+    a.on_frame(claim_frame(0xF3, BMS_NAME), t0 + 16_000_000)
+    assert a.address == 0xF3
+    assert claim_requests(t0 + 16_000_000, t0 + 60_000_000) == []  # found: no more requests

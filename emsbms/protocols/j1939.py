@@ -443,6 +443,8 @@ class J1939Adapter(Adapter):
         samples = self._take_pending()
         samples += self._edge_state(now_us)
         samples += self._claim_state(now_us)
+        if self.address is None and self.j1939_name is not None:
+            self.stack.request_claims_again(now_us)
         self._send_requests(now_us)
         if self._later and self.stack.edge_address is not None and self.address is not None:
             self.stack.outbox.extend(self._later.run())

@@ -39,6 +39,9 @@ from emsbms.protocols.j1939_names import (
 
 log = logging.getLogger(__name__)
 
+CLAIM_REQUEST_FIRST_US = 1_000_000
+CLAIM_REQUEST_MAX_US = 30_000_000
+
 DEFAULT_EDGE_NAME = make_name(
     arbitrary_address_capable=1, industry_group=0, function=130, manufacturer_code=0x7FF, identity_number=0xE05,
 )
@@ -167,6 +170,8 @@ class J1939Stack:
         self._results: dict[int, Output] = {}
         self._last_tick = -1
         self.clock_us = 0  # time of the last frame or tick (for samples the library triggers)
+        self._claim_request_next_us = 0  # when a NAME is unresolved: ask all ECUs again (backoff)
+        self._claim_request_gap_us = CLAIM_REQUEST_FIRST_US
 
     # -- wiring ------------------------------------------------------------------------------
 
@@ -209,6 +214,19 @@ class J1939Stack:
         self.started = True
         self.ca.start()
         self.ca.send_request(0, PGN_ADDRESS_CLAIMED, ADDRESS_GLOBAL)  # from 254: allowed before claiming
+
+    def request_claims_again(self, now_us: int) -> None:
+        """A device's NAME holds no known address: request Address Claimed again (1 s, 2 s ... 30 s).
+
+        Covers a BMS that claimed before the edge listened, or whose claim was lost. Shared by every
+        device of the bus, so one request serves them all.
+        """
+        if not self.started or now_us < self._claim_request_next_us:
+            return
+        if self._claim_request_next_us:
+            self.ca.send_request(0, PGN_ADDRESS_CLAIMED, ADDRESS_GLOBAL)
+        self._claim_request_next_us = now_us + self._claim_request_gap_us
+        self._claim_request_gap_us = min(2 * self._claim_request_gap_us, CLAIM_REQUEST_MAX_US)
 
     # -- receive -----------------------------------------------------------------------------
 
