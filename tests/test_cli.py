@@ -406,3 +406,21 @@ def test_demo_leaves_out_a_device_whose_simulator_fails(monkeypatch: pytest.Monk
     assert [d.name for d in kept.devices] == [d.name for d in site.devices if d.name != "pylon_lv_2"]
     assert len(kept.buses) == len(site.buses) - 1
     assert "demo: skipping pylon_lv_2: its simulator did not start: bus gone" in caplog.text
+
+
+def test_demo_site_runs_a_canopen_and_a_j1939_bms_with_values() -> None:
+    from emsbms.demo import demo_site, start_simulations, stop_simulations
+    from emsbms.edge import Edge
+
+    site = demo_site()
+    protocols = {d.name: load_profile(d.profile).protocol for d in site.devices}
+    assert protocols["cia418_bms"] == "canopen" and protocols["j1939_hvess"] == "j1939"
+    running, site = start_simulations(site)
+    try:
+        with Edge(site) as edge:
+            for device in ("cia418_bms", "j1939_hvess", "pylon_lv", "pylon_lv_2"):
+                soc = edge.read(f"{device}/Soc", timeout=10.0)
+                assert soc.unit == "%" and 0 <= float(soc.value) <= 100  # type: ignore[arg-type]
+            assert edge.read("pylon_lv/Soc", 5.0).value != edge.read("pylon_lv_2/Soc", 5.0).value
+    finally:
+        stop_simulations(running)
