@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, ClassVar
 
@@ -31,6 +32,25 @@ class DeviceSimulator(ABC):
         self.bus_config = bus
         self.model = model
         self.faults: set[str] = set()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _run(self) -> None:
+        """The simulator's loop (runs until ``self._stop`` is set); started by `_start_loop`."""
+        raise NotImplementedError
+
+    def _start_loop(self) -> None:
+        """Start `_run` on a thread of its own."""
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name=f"emsbms-sim-{self.device.name}", daemon=True)
+        self._thread.start()
+
+    def _stop_loop(self) -> None:
+        """Stop `_run` and wait for its thread."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(2.0)
+            self._thread = None
 
     @abstractmethod
     def start(self) -> None:

@@ -144,8 +144,6 @@ class CanopenSimulator(DeviceSimulator):
         self.node: canopen.LocalNode | None = None
         self.emcy_sent: list[tuple[int, int]] = []  # (code, register) in the order sent
         self._lock = threading.RLock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._mapping_dirty = False
         self._reboot: int | None = None
         self._due: dict[int, float] = {}
@@ -175,15 +173,10 @@ class CanopenSimulator(DeviceSimulator):
         self.network, self.node = network, node
         self._load_pdos()
         self._boot()
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name=f"emsbms-sim-{self.device.name}", daemon=True)
-        self._thread.start()
+        self._start_loop()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(2.0)
-            self._thread = None
+        self._stop_loop()
         network, self.network = self.network, None
         if network is not None:
             network.disconnect()

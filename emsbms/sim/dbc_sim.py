@@ -28,7 +28,6 @@ and default limits (``charge_max_voltage``, ``discharge_min_voltage``, ``charge_
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -130,8 +129,6 @@ class DbcSimulator(DeviceSimulator):
         self.sent = 0
         self.received = 0
         self._bus: can.BusABC | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._requests: dict[str, _Request] = {}
         self._incoming: dict[int, tuple[Any, list[_Request]]] = {}
         self._keepalive_keys: set[int] = set()
@@ -195,16 +192,11 @@ class DbcSimulator(DeviceSimulator):
                 f"simulator {self.device.name}: cannot open bus {self.bus_config.name}"
                 f" ({self.bus_config.interface}:{self.bus_config.channel}): {e}"
             ) from e
-        self._stop.clear()
         self._last_keepalive = time.monotonic()
-        self._thread = threading.Thread(target=self._run, name=f"emsbms-sim-{self.device.name}", daemon=True)
-        self._thread.start()
+        self._start_loop()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(2.0)
-            self._thread = None
+        self._stop_loop()
         bus, self._bus = self._bus, None
         if bus is not None:
             bus.shutdown()

@@ -121,8 +121,6 @@ class J1939Simulator(DeviceSimulator):
             for name, s in profile.model.messages.items() if s.period_ms and not s.on_request
         ]
         self._lock = threading.RLock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._ecu: _SimEcu | None = None
         self.ca: GuardedCA | None = None
         self._intruder: tuple[_SimEcu, GuardedCA] | None = None
@@ -151,15 +149,10 @@ class J1939Simulator(DeviceSimulator):
         self.ca.subscribe(self._on_message)
         self.ca.subscribe_request(self._on_request)
         self.ca.start()
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name=f"sim-j1939-{self.device.name}", daemon=True)
-        self._thread.start()
+        self._start_loop()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(2.0)
-            self._thread = None
+        self._stop_loop()
         self._drop_intruder()
         if self._ecu is not None:
             _shutdown(self._ecu, self.ca)
