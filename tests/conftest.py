@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -28,3 +29,16 @@ def virtual_site(buses: list[str], devices: list[dict[str, Any]], tag: str | Non
             "device": devices,
         }
     )
+
+
+def wait(predicate: Callable[[], object], timeout: float = 10.0) -> bool:
+    """Poll `predicate` until it holds or `timeout` passes; returns its last truth value.
+
+    Tests assert on the result, so a slow machine only makes them slower, never wrong.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return bool(predicate())

@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-
 import can
 import pytest
 
 from emsbms import CommandStatus, Edge
 from emsbms.sim.runner import Simulation
 from tests.conftest import virtual_site
+from tests.conftest import wait as wait_for
 
 BUSES = ["can0", "can1", "can2"]
 
-
-def wait_for(predicate: Callable[[], object], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return bool(predicate())
 
 
 def drain(bus: can.BusABC) -> list[can.Message]:

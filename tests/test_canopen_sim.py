@@ -25,17 +25,10 @@ from emsbms.sim.runner import Simulation
 from emsbms.site import Site
 from emsbms.types import AlarmLevel, Quality
 from tests.conftest import virtual_site
+from tests.conftest import wait as wait_for
 
 EDS = str(load_profile("cia418-bms").source_path)
 
-
-def wait_for(predicate: Callable[[], object], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return bool(predicate())
 
 
 def site_of(node_id: int = 1, tag: str | None = None, **device: Any) -> Site:

@@ -3,24 +3,13 @@
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable
 
 import can
 import pytest
 
 from emsbms import Edge, UnknownAddressError
 from emsbms.types import CommandStatus, Quality, Reading
-from tests.conftest import virtual_site
-
-
-def wait(pred: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.01)
-    return pred()
+from tests.conftest import virtual_site, wait
 
 
 @pytest.fixture

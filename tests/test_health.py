@@ -29,16 +29,7 @@ from emsbms.health import (
     state_from_counters,
 )
 from emsbms.site import BusConfig
-from tests.conftest import virtual_site
-
-
-def wait(pred: Callable[[], bool], timeout: float = 8.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.01)
-    return pred()
+from tests.conftest import virtual_site, wait
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,6 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ from emsbms.protocols.j1939 import J1939Adapter
 from emsbms.registry import Snapshot
 from emsbms.sim.runner import Simulation, initial_soc
 from emsbms.types import Quality, Reading
-from tests.conftest import virtual_site
+from tests.conftest import virtual_site, wait
 from tests.test_db import invoke, profile_copy, pylon_v2
 
 # hand-computed frames (PROTOCOLS.md): 0x355 SoC u16 % = 80, SoH u16 % = 100; ACME_Pack 0x4A0 bytes 0-1
@@ -35,14 +34,6 @@ PYLON_SOC = can.Message(arbitration_id=0x355, data=bytes([80, 0, 100, 0, 0, 0]),
 def acme_pack(i: int) -> can.Message:
     return can.Message(arbitration_id=0x4A0, data=i.to_bytes(2, "little") + bytes(6), is_extended_id=False)
 
-
-def wait(predicate: Callable[[], object], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return bool(predicate())
 
 
 def test_activation_while_traffic_flows_loses_no_frame_of_another_device(tmp_path: Path) -> None:

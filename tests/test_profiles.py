@@ -108,3 +108,21 @@ def test_inline_profile_compiles_to_the_same_model(tmp_path: Path) -> None:
     assert msg.frame_id == 0x610 and msg.length == 4
     # V = 0x01F4 little-endian = 500 -> 50.0 V; I = 0xFF38 big-endian = -200 -> -20.0 A
     assert msg.decode(bytes([0xF4, 0x01, 0xFF, 0x38])) == pytest.approx({"V": 50.0, "I": -20.0})
+
+
+def test_j1939_profile_needs_29_bit_ids_and_its_own_ack_types(tmp_path: Path) -> None:
+    def profile(can_id: str, extended: bool, ack: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "name": "j-test", "version": "1.0", "protocol": "j1939",
+            "source": {"messages": [{"name": "M", "id": can_id, "extended": extended, "dlc": 8, "signals": [
+                {"name": "V", "start_byte": 0, "length": 16}]}]},
+            "channels": {"Voltage": {"message": "M", "signal": "V", "unit": "V"}},
+            "commands": {"Set": {"message": "M", "signal": "V", "min": 0, "max": 10, "ack": ack}},
+        }
+
+    with pytest.raises(ProfileError, match=r"channels\.Voltage: message M must have a 29-bit j1939 ID"):
+        load_profile(save(tmp_path, profile("0x351", False, {"type": "none"})))
+    with pytest.raises(ProfileError, match=r"commands\.Set\.ack\.type 'sdo' is not for protocol j1939; "
+                                           r"expected echo, j1939_ack, none"):
+        load_profile(save(tmp_path, profile("0x18FF50E5", True, {"type": "sdo"})))
+    assert load_profile(save(tmp_path, profile("0x18FF50E5", True, {"type": "j1939_ack"}))).name == "j-test"

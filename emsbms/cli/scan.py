@@ -144,15 +144,7 @@ def _print(results: list[BusScan]) -> None:
 
 def _line(c: Candidate) -> str:
     profile = f"{c.profile} {c.version}" if c.profile else "(no profile)"
-    addr = []
-    if c.node_id is not None:
-        addr.append(f"node_id={c.node_id}")
-    if c.source_address is not None:
-        addr.append(f"source_address=0x{c.source_address:02X}")
-    if c.j1939_name is not None:
-        addr.append(f"name=0x{c.j1939_name:016X}")
-    if c.id_offset:
-        addr.append(f"id_offset={c.id_offset:+#x}")
+    addr = c.addressing()
     note = f"  (alternative to {c.alternative_to})" if c.alternative_to else ""
     note += f"  (commissioned as {c.device})" if c.device else ""
     return f"{c.confidence:4.2f} {profile:<22} {c.method.value:<8} {' '.join(addr):<30} {c.evidence}{note}"

@@ -77,16 +77,21 @@ class Candidate:
         return DeviceConfig(name=name, bus=self.bus, profile=self.profile, id_offset=self.id_offset,
                             node_id=self.node_id, source_address=self.source_address, j1939_name=self.j1939_name)
 
-    def describe(self) -> str:
+    def addressing(self) -> list[str]:
+        """The candidate's addressing as `key=value` words (the `commission` options it needs)."""
         addr = []
         if self.node_id is not None:
-            addr.append(f"node {self.node_id}")
+            addr.append(f"node_id={self.node_id}")
         if self.j1939_name is not None:
-            addr.append(f"NAME 0x{self.j1939_name:016X}")
+            addr.append(f"name=0x{self.j1939_name:016X}")
         if self.source_address is not None:
-            addr.append(f"address 0x{self.source_address:02X}")
+            addr.append(f"source_address=0x{self.source_address:02X}")
         if self.id_offset:
-            addr.append(f"id_offset {self.id_offset:+#x}")
+            addr.append(f"id_offset={self.id_offset:+#x}")
+        return addr
+
+    def describe(self) -> str:
+        addr = self.addressing()
         profile = f"{self.profile} {self.version}" if self.profile else "no matching profile"
         return f"{self.bus}: {profile} ({self.method.value}{', ' + ', '.join(addr) if addr else ''})"
 

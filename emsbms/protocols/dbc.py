@@ -43,8 +43,14 @@ def _known(names: Iterable[str]) -> str:
     return ", ".join(sorted(names))
 
 
-def check_signal_refs(profile: Profile) -> None:
-    """Check that every message and signal a profile names exists in its database."""
+def check_signal_refs(
+    profile: Profile, ack_types: tuple[str, ...] = ("echo", "none"), extended_only: bool = False
+) -> None:
+    """Check that every message and signal a profile names exists in its database.
+
+    `ack_types` are the acknowledgements the protocol knows; with `extended_only` every message
+    must have a 29-bit ID (J1939). A command that only requests a PGN names no message.
+    """
     m = profile.model
     db = profile.db
     label = f"profile {m.name}"
@@ -68,6 +74,8 @@ def check_signal_refs(profile: Profile) -> None:
             )
         if msg.is_multiplexed():
             raise ProfileError(f"{label}: {path}: multiplexed message {message} is not supported")
+        if extended_only and not msg.is_extended_frame:
+            raise ProfileError(f"{label}: {path}: message {message} must have a 29-bit {m.protocol} ID")
 
     for name in m.messages:
         need(f"messages.{name}", name)
@@ -81,13 +89,14 @@ def check_signal_refs(profile: Profile) -> None:
         for sig in t.signals:
             need(f"transmit.{i}.signals", t.message, sig)
     for name, cmd in m.commands.items():
-        need(f"commands.{name}", cmd.message, cmd.signal)
+        if cmd.request is None:
+            need(f"commands.{name}", cmd.message, cmd.signal)
         if cmd.ack.type == "echo":
             need(f"commands.{name}.ack", cmd.ack.message, cmd.ack.signal)
-        elif cmd.ack.type != "none":
+        elif cmd.ack.type not in ack_types:
             raise ProfileError(
                 f"{label}: commands.{name}.ack.type {cmd.ack.type!r} is not for protocol"
-                f" {m.protocol}; expected echo or none"
+                f" {m.protocol}; expected {', '.join(ack_types)}"
             )
 
 

@@ -24,7 +24,7 @@ from emsbms.errors import CommandRejected, ConfigError, ProfileError
 from emsbms.profile.models import HexInt
 from emsbms.protocols.base import EMPTY, AckCheck, Adapter, CommandPlan, DeviceConfig, Output
 from emsbms.protocols.cyclic import CyclicSetpoints
-from emsbms.protocols.dbc import validate_command_value
+from emsbms.protocols.dbc import check_signal_refs, validate_command_value
 from emsbms.protocols.j1939_commands import PendingCommands, ack_check
 from emsbms.protocols.j1939_dm import LAMPS, Dtc, LampState, dtcs_json, parse_dm1
 from emsbms.protocols.j1939_names import (
@@ -126,37 +126,8 @@ def _pydantic_text(root: str, err: ValidationError) -> str:
 
 def check_j1939_profile(profile: Profile) -> None:
     """Check a j1939 profile against its DBC: messages, signals, commands and options."""
-    m = profile.model
-    label = f"profile {m.name}"
-    if profile.db is None:
-        raise ProfileError(f"{label}: source: protocol j1939 needs a dbc (or inline messages)")
-    messages = {msg.name: msg for msg in profile.db.messages}
-
-    def need(path: str, message: str | None, signal: str | None = None) -> None:
-        msg = messages.get(message or "")
-        if msg is None:
-            raise ProfileError(f"{label}: {path}.message {message!r} not found; known: {', '.join(sorted(messages))}")
-        if not msg.is_extended_frame:
-            raise ProfileError(f"{label}: {path}: message {message} must have a 29-bit J1939 ID")
-        if signal is not None and signal not in {s.name for s in msg.signals}:
-            raise ProfileError(f"{label}: {path}.signal {signal!r} not in {message}; known: "
-                               + ", ".join(sorted(s.name for s in msg.signals)))
-
-    for name in m.messages:
-        need(f"messages.{name}", name)
-    for name, ch in m.channels.items():
-        need(f"channels.{name}", ch.message, ch.signal)
-    for name, al in m.alarms.items():
-        for i, s in enumerate(al.sources):
-            need(f"alarms.{name}.sources.{i}", s.message, s.signal)
-    for name, cmd in m.commands.items():
-        if cmd.request is None:
-            need(f"commands.{name}", cmd.message, cmd.signal)
-        if cmd.ack.type == "echo":
-            need(f"commands.{name}.ack", cmd.ack.message, cmd.ack.signal)
-        elif cmd.ack.type not in ("none", "j1939_ack"):
-            raise ProfileError(f"{label}: commands.{name}.ack.type {cmd.ack.type!r} is not for protocol j1939;"
-                               " expected echo, j1939_ack or none")
+    check_signal_refs(profile, ack_types=("echo", "j1939_ack", "none"), extended_only=True)
+    label = f"profile {profile.model.name}"
     opts = profile_options(profile)
     for key in opts.match:
         if key not in NAME_FIELDS:
