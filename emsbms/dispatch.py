@@ -176,7 +176,7 @@ class Dispatcher:
         done = now_us()
         if batch:
             self.load.add(batch[-1].timestamp, batch_bits(batch))
-            self.latency.extend([done - round(m.timestamp * 1_000_000) for m in batch])
+            self.latency.extend([done - round(m.timestamp * 1_000_000) for m in batch if not m.is_error_frame])
         self._send(frames)
 
     def _error_frame(self, msg: can.Message) -> None:

@@ -233,15 +233,14 @@ class DbcAdapter(Adapter):
         """A frame shorter (or longer) than its message: padded, and only the signals it carries."""
         data: bytes | bytearray = msg.data
         length = route.compiled.length
-        n = len(data)
-        if n != length:
-            if n < route.min_dlc or n > length:
-                expected = f"{route.min_dlc}..{length}" if route.min_dlc != length else str(length)
-                return Output(
-                    error=f"{self.device.name}: {route.compiled.name} (0x{msg.arbitration_id:X})"
-                    f" DLC {n}, expected {expected}"
-                )
-            data = bytes(data) + bytes(length - n)
+        n = len(data)  # the caller only sends frames whose length differs from the message's
+        if n < route.min_dlc or n > length:
+            expected = f"{route.min_dlc}..{length}" if route.min_dlc != length else str(length)
+            return Output(
+                error=f"{self.device.name}: {route.compiled.name} (0x{msg.arbitration_id:X})"
+                f" DLC {n}, expected {expected}"
+            )
+        data = bytes(data) + bytes(length - n)
         values = route.compiled.decode(data)
         ts = round(msg.timestamp * 1_000_000)
         samples: list[Sample] = []
