@@ -7,7 +7,9 @@ The public surface is re-exported here::
         edge.read("bms_0/Soc")
 """
 
+import emsbms.protocols  # noqa: F401  (registers every protocol's profile check with the profile engine)
 from emsbms.edge import Edge
+from emsbms.edge.registry import Snapshot, Subscription
 from emsbms.errors import (
     BusError,
     CommandRejected,
@@ -18,7 +20,6 @@ from emsbms.errors import (
     UnknownAddressError,
 )
 from emsbms.profile import Profile, load_profile
-from emsbms.registry import Snapshot, Subscription
 from emsbms.site import Site, load_site
 from emsbms.types import (
     AlarmLevel,

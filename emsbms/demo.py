@@ -20,7 +20,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from emsbms.profile.loader import Profile, list_shipped, load_profile
+from emsbms.profile.loader import list_shipped, load_profile
+from emsbms.profile.models import Profile
 from emsbms.sim import simulator_class
 from emsbms.sim.runner import Simulation
 from emsbms.site import Site, parse_site

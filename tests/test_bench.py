@@ -18,7 +18,7 @@ import pytest
 from emsbms.bench import commands, decode, devices, e2e, startup
 from emsbms.bench.__main__ import main
 from emsbms.bench.traffic import PROFILE_PATH, LossCounter, Traffic, pace
-from emsbms.faults import FaultyBus
+from emsbms.can.faults import FaultyBus
 from emsbms.profile import list_shipped, load_profile
 from emsbms.protocols.base import DeviceConfig
 from emsbms.protocols.dbc import DbcAdapter
@@ -185,7 +185,7 @@ def test_generated_sampler_gives_the_generic_paths_values_on_every_shipped_profi
 
 def test_supervisor_quiet_ticks_miss_no_deadline() -> None:
     """Ticks every 10 ms between deadlines take the quiet path; every deadline still fires on time."""
-    from emsbms.supervision import Supervisor
+    from emsbms.protocols.supervision import Supervisor
 
     t0 = 1_000_000
     sup = Supervisor("d", timeout_us=1_000_000)
@@ -237,8 +237,7 @@ def test_device_scenario_brings_up_a_small_mixed_fleet() -> None:
 
 
 def test_device_mix_keeps_ids_apart_up_to_128_devices() -> None:
-    from emsbms.edge import build_adapters, load_profiles
-    from emsbms.site import parse_site
+    from emsbms.site import build_adapters, load_profiles, parse_site
 
     tables = devices.device_tables(128, [f"can{i}" for i in range(4)])
     site = parse_site({"site": {"name": "x"}, "bus": [{"name": f"can{i}", "interface": "virtual"} for i in range(4)],

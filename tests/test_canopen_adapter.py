@@ -10,7 +10,8 @@ import can
 import pytest
 
 from emsbms import CommandRejected, ConfigError, ProfileError, load_profile
-from emsbms.profile.loader import Profile, parse_profile
+from emsbms.profile.loader import parse_profile
+from emsbms.profile.models import Profile
 from emsbms.protocols.base import DeviceConfig, Output
 from emsbms.protocols.canopen import CanopenAdapter
 from emsbms.protocols.canopen_codes import NmtState, abort_text, emcy_text, register_bits

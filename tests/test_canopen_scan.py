@@ -7,7 +7,7 @@ import json
 import can
 import pytest
 
-from emsbms.discovery.canopen import CanopenNode, match_profile, scan_canopen, shipped_canopen_identities
+from emsbms.commissioning.canopen import CanopenNode, match_profile, scan_canopen, shipped_canopen_identities
 from emsbms.protocols.canopen_codes import NmtState
 from emsbms.sim.runner import Simulation
 from tests.conftest import virtual_site

@@ -9,8 +9,8 @@ from cantools.database.conversion import BaseConversion
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from emsbms.codec import compile_message
 from emsbms.profile import load_profile
+from emsbms.profile.codec import compile_message
 
 
 @st.composite

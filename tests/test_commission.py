@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from emsbms.commission import commission, suggest_name
+from emsbms.commissioning.commission import commission, suggest_name
 from emsbms.db import EdgeDb
 from emsbms.errors import ConfigError
 from emsbms.protocols.base import DeviceConfig

@@ -17,11 +17,11 @@ from typer.testing import CliRunner, Result
 from emsbms.cli import app
 from emsbms.db import EdgeDb, applied, connect, load_stored_site, migrate
 from emsbms.edge import Edge
+from emsbms.edge.store import RunLog
 from emsbms.errors import ConfigError, ProfileError
 from emsbms.profile.loader import load_profile
 from emsbms.sim.runner import Simulation
 from emsbms.site import load_site
-from emsbms.store import RunLog
 
 ROOT = Path(__file__).parent.parent
 runner = CliRunner()

@@ -10,13 +10,13 @@ import can
 from canopen.emcy import EmcyError
 
 from emsbms import load_profile
-from emsbms.bus import BusState
-from emsbms.events import Event, EventKind, EventLog, EventLogHandler, Severity
+from emsbms.can.bus import BusState
+from emsbms.edge.events import Event, EventKind, EventLog, EventLogHandler, Severity
+from emsbms.edge.registry import Registry
 from emsbms.protocols.base import DeviceConfig
 from emsbms.protocols.canopen_od import CanopenOptions
 from emsbms.protocols.canopen_services import EmcyAlarms
 from emsbms.protocols.j1939 import J1939Adapter
-from emsbms.registry import Registry
 from emsbms.types import AlarmLevel, CommandResult, CommandStatus, CommState, Quality, Reading, Sample
 
 T0 = 1_700_000_000_000_000

@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from emsbms import fuzz, load_profile
+from emsbms import load_profile
+from emsbms.diag import fuzz
 from emsbms.protocols.base import DeviceConfig
 from emsbms.protocols.dbc import DbcAdapter
 

@@ -10,9 +10,9 @@ import can
 import pytest
 
 from emsbms import Edge
-from emsbms.bus import BusState
-from emsbms.faults import FaultyBus
-from emsbms.health import (
+from emsbms.can.bus import BusState
+from emsbms.can.faults import FaultyBus
+from emsbms.can.health import (
     CAN_ERR_ACK,
     CAN_ERR_BUSOFF,
     CAN_ERR_CNT,

@@ -15,12 +15,13 @@ import can
 import pytest
 
 from emsbms.db import EdgeDb
-from emsbms.db.watch import ProfileWatcher
 from emsbms.edge import Edge
+from emsbms.edge.registry import Snapshot
+from emsbms.edge.watch import ProfileWatcher
 from emsbms.errors import ConfigError, UnsupportedError
-from emsbms.profile.loader import Profile, load_profile
+from emsbms.profile.loader import load_profile
+from emsbms.profile.models import Profile
 from emsbms.protocols.j1939 import J1939Adapter
-from emsbms.registry import Snapshot
 from emsbms.sim.runner import Simulation, initial_soc
 from emsbms.types import Quality, Reading
 from tests.conftest import virtual_site, wait

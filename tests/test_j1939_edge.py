@@ -19,10 +19,10 @@ import j1939
 import pytest
 
 from emsbms import Edge
+from emsbms.commissioning.j1939 import J1939Node, scan_j1939
 from emsbms.demo import site_toml
-from emsbms.discovery.j1939 import J1939Node, scan_j1939
+from emsbms.edge.registry import Snapshot
 from emsbms.protocols.j1939_stack import GuardedCA
-from emsbms.registry import Snapshot
 from emsbms.sim.j1939_sim import J1939Simulator
 from emsbms.sim.runner import Simulation, initial_soc
 from emsbms.site import Site, parse_site

@@ -26,8 +26,7 @@ from typer.testing import CliRunner
 
 from emsbms.cli import app
 from emsbms.demo import site_toml
-from emsbms.errors import ConfigError
-from emsbms.logs import (
+from emsbms.diag.logs import (
     FORMATS,
     BusMap,
     LogFileError,
@@ -36,6 +35,7 @@ from emsbms.logs import (
     decode_to_text,
     read_log,
 )
+from emsbms.errors import ConfigError
 from emsbms.site import Site, parse_site
 
 runner = CliRunner()

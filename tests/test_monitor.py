@@ -16,16 +16,16 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from emsbms.bus import BusState
+from emsbms.can.bus import BusState
 from emsbms.cli import monitor as monitor_cli
 from emsbms.demo import Action, Scenario, Step
 from emsbms.edge import Edge
-from emsbms.events import Event, EventKind, EventLog, Severity
+from emsbms.edge.events import Event, EventKind, EventLog, Severity
+from emsbms.edge.registry import Snapshot
 from emsbms.monitor import DeviceMeta, Filters, History, abbreviate, format_age, format_number, format_value, render
 from emsbms.monitor import sparkline as spark
 from emsbms.monitor._keys import Key, Pager, parse_keys
 from emsbms.monitor._panes import Column, plan
-from emsbms.registry import Snapshot
 from emsbms.sim.runner import Simulation
 from emsbms.types import AlarmLevel, CommandStatus, CommState, Quality, Reading
 from tests.conftest import virtual_site

@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from emsbms import ReadTimeout, UnknownAddressError
-from emsbms.registry import Registry
+from emsbms.edge.registry import Registry
 from emsbms.types import ChannelInfo, Quality, Reading, Sample
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import can
 import pytest
 
+from emsbms.commissioning.passive import Traffic, expected_messages, match_traffic, score
 from emsbms.demo import site_toml
-from emsbms.discovery.passive import Traffic, expected_messages, match_traffic, score
 from emsbms.edge import Edge
 from emsbms.profile.loader import load_profile
 from emsbms.sim.runner import Simulation

@@ -6,8 +6,8 @@ import sqlite3
 import threading
 from pathlib import Path
 
-from emsbms.bus import BusState
-from emsbms.store import RunLog, sql_value
+from emsbms.can.bus import BusState
+from emsbms.edge.store import RunLog, sql_value
 from emsbms.types import AlarmLevel, ChannelInfo, ChannelKind, CommState, Quality, Reading
 
 

@@ -24,8 +24,8 @@ from typing import Any
 import can
 
 from emsbms.bench.traffic import PROFILE_PATH
-from emsbms.codec import compile_message
 from emsbms.profile import list_shipped, load_profile
+from emsbms.profile.codec import compile_message
 from emsbms.protocols import adapter_class
 from emsbms.protocols.base import DeviceConfig
 from emsbms.protocols.dbc import DbcAdapter

@@ -29,9 +29,9 @@ import can
 from emsbms.bench import BenchError
 from emsbms.bench.measure import CpuWindow, percentile, rounded, rss_mb
 from emsbms.bench.traffic import MULTICAST_GROUP, SEQ_MOD, LossCounter, Sent, Traffic, bus_sender, pace
-from emsbms.bus import BusFactory, open_python_can
-from emsbms.dispatch import now_us
+from emsbms.can.bus import BusFactory, open_python_can
 from emsbms.edge import Edge
+from emsbms.edge.dispatch import now_us
 from emsbms.site import BusConfig, parse_site
 from emsbms.types import Quality, Reading
 

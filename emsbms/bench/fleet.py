@@ -30,13 +30,12 @@ from typing import Any
 import can
 
 from emsbms.bench import BenchError
-from emsbms.edge import load_profiles
-from emsbms.profile.loader import Profile
+from emsbms.profile.models import Profile
 from emsbms.protocols.base import DeviceConfig
 from emsbms.sim.battery import BatteryModel
 from emsbms.sim.dbc_sim import DbcSimulator
 from emsbms.sim.runner import Simulation
-from emsbms.site import BusConfig, Site, load_site
+from emsbms.site import BusConfig, Site, load_profiles, load_site
 
 J1939_NAME = 0x9000A0005CA01F3A
 # per bus: (profile, how many fit, id_offset of the n-th): IDs stay clear of each other and of

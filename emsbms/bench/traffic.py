@@ -4,7 +4,7 @@ The traffic is the ``bench-lv.json`` profile (a Pylontech-like LV BMS, five 8-by
 device, a 16-bit sequence number in bytes 6-7 of every frame, one counter per message of each
 device). Devices on one bus differ by ``id_offset`` (0x100 apart). The rate is a fraction of the
 bus's physical ceiling, computed from the real bit lengths of the frames sent
-(:func:`emsbms.health.frame_bits`, stuffing included). ``LossCounter`` counts lost, duplicated and
+(:func:`emsbms.can.health.frame_bits`, stuffing included). ``LossCounter`` counts lost, duplicated and
 reordered frames from the sequence numbers.
 
 Run as a module, it is the generator process of the ``udp_multicast`` variant::
@@ -31,7 +31,7 @@ from typing import Any
 import can
 
 from emsbms.bench import BenchError
-from emsbms.health import frame_bits
+from emsbms.can.health import frame_bits
 
 PROFILE_PATH = Path(__file__).with_name("bench-lv.json")
 """The load profile the end-to-end scenarios run."""

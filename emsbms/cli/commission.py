@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from emsbms.cli.common import CliState, handle_errors, state
-from emsbms.commission import commission
+from emsbms.commissioning.commission import commission
 from emsbms.db import EdgeDb
 from emsbms.errors import ConfigError
 from emsbms.protocols.base import DeviceConfig

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from emsbms.cli.common import CliState, err, handle_errors, state
-from emsbms.logs import BusMap, DecodeStats, OfflineDecoder, SampleFormat, log_format, read_log, write_samples
+from emsbms.diag.logs import BusMap, DecodeStats, OfflineDecoder, SampleFormat, log_format, read_log, write_samples
 from emsbms.types import Sample
 
 

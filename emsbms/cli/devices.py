@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from emsbms.cli.common import handle_errors, state
-from emsbms.commission import addressing, decommission
+from emsbms.commissioning.commission import addressing, decommission
 from emsbms.db import EdgeDb
 from emsbms.errors import ConfigError, EmsbmsError
 

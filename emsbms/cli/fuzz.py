@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from emsbms.cli.common import ExitCode, err, handle_errors, state
-from emsbms.fuzz import run
+from emsbms.diag.fuzz import run
 
 
 @handle_errors

@@ -12,7 +12,7 @@ from rich.live import Live
 from rich.text import Text
 
 from emsbms.cli.common import Duration, err, handle_errors, run_until, state, stop_signals
-from emsbms.logs import FORMATS, Recorder, RecordStats, log_format
+from emsbms.diag.logs import FORMATS, Recorder, RecordStats, log_format
 
 app = typer.Typer(help="Record CAN logs.", no_args_is_help=True)
 

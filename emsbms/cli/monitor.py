@@ -16,13 +16,13 @@ from rich.live import Live
 from rich.logging import RichHandler
 
 from emsbms.cli.common import Duration, handle_errors, state, stop_signals
-from emsbms.dispatch import now_us
 from emsbms.edge import Edge
+from emsbms.edge.dispatch import now_us
+from emsbms.edge.events import EventLog, EventLogHandler
+from emsbms.edge.registry import Snapshot
 from emsbms.errors import ConfigError
-from emsbms.events import EventLog, EventLogHandler
 from emsbms.monitor import DeviceMeta, Filters, History, render
 from emsbms.monitor._keys import HINT, Key, KeyReader, Pager
-from emsbms.registry import Snapshot
 from emsbms.site import Site
 
 REFRESH_S = 0.2

@@ -14,7 +14,8 @@ from emsbms.db import EdgeDb, version_key
 from emsbms.db.diff import diff as diff_profiles
 from emsbms.db.profiles import StoredProfile, document_of
 from emsbms.errors import EmsbmsError, ProfileError
-from emsbms.profile.loader import Profile, list_shipped, load_profile
+from emsbms.profile.loader import list_shipped, load_profile
+from emsbms.profile.models import Profile
 
 app = typer.Typer(help="List, show, validate, import, export and diff device profiles.", no_args_is_help=True)
 

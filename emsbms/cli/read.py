@@ -9,8 +9,8 @@ from typing import Annotated
 import typer
 
 from emsbms.cli.common import ExitCode, err, handle_errors, state
-from emsbms.dispatch import now_us
 from emsbms.edge import Edge
+from emsbms.edge.dispatch import now_us
 from emsbms.errors import ReadTimeout
 from emsbms.monitor import format_value
 from emsbms.types import Reading

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from emsbms.cli.common import err, handle_errors, state, stop_signals
-from emsbms.logs import BusMap, Senders, log_format, read_log, replay
+from emsbms.diag.logs import BusMap, Senders, log_format, read_log, replay
 
 
 @handle_errors

@@ -9,9 +9,9 @@ from typing import Annotated
 import typer
 
 from emsbms.cli.common import Duration, err, handle_errors, run_until, state, stop_signals
-from emsbms.db.watch import ProfileWatcher
 from emsbms.edge import Edge
-from emsbms.store import RunLog
+from emsbms.edge.store import RunLog
+from emsbms.edge.watch import ProfileWatcher
 
 log = logging.getLogger(__name__)
 

@@ -13,13 +13,13 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 
 from emsbms.cli.commission import Bitrate, Channel, Interface, given_bus
 from emsbms.cli.common import CliState, ExitCode, err, handle_errors, state
-from emsbms.commission import commission, suggest_name
+from emsbms.commissioning.commission import commission, suggest_name
+from emsbms.commissioning.passive import HIGH_CONFIDENCE
+from emsbms.commissioning.scan import BusScan, Candidate, Method, catalog, scan
+from emsbms.commissioning.scan import Progress as ScanProgress
 from emsbms.db import EdgeDb
-from emsbms.discovery.passive import HIGH_CONFIDENCE
-from emsbms.discovery.scan import BusScan, Candidate, Method, catalog, scan
-from emsbms.discovery.scan import Progress as ScanProgress
 from emsbms.errors import ConfigError, EmsbmsError
-from emsbms.profile.loader import Profile
+from emsbms.profile.models import Profile
 from emsbms.protocols.base import DeviceConfig
 from emsbms.site import BusConfig
 

@@ -22,11 +22,10 @@ from pathlib import Path
 from emsbms.db.profiles import ImportResult, ProfileStore, StoredProfile, prepare, split_ref, version_key
 from emsbms.db.schema import LATEST, MIGRATIONS, applied, connect, migrate, schema_version, transaction
 from emsbms.db.sitedb import SiteStore, StoredSite, device_table, to_toml, write_toml
-from emsbms.edge import load_profiles
 from emsbms.errors import ConfigError, ProfileError
-from emsbms.profile.loader import Profile
+from emsbms.profile.models import Profile
 from emsbms.protocols.base import DeviceConfig
-from emsbms.site import Site, load_site
+from emsbms.site import Site, build_adapters, load_profiles, load_site
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +101,6 @@ class EdgeDb:
         Everything is validated first (site, profiles, colliding IDs); then one transaction
         stores the profiles and the site. Devices refer to their profiles by name afterwards.
         """
-        from emsbms.edge import build_adapters  # the edge's own collision check
-
         site = load_site(path)
         loaded = load_profiles(site)
         build_adapters(site, loaded)

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from emsbms.profile.loader import Profile
+from emsbms.profile.models import Profile
 
 SECTIONS = ("profile", "channels", "alarms", "commands", "messages", "transmit")
 

@@ -20,7 +20,8 @@ import sqlite_utils
 
 from emsbms.db.schema import transaction
 from emsbms.errors import ProfileError
-from emsbms.profile.loader import Profile, list_shipped, load_profile, parse_profile
+from emsbms.profile.loader import list_shipped, load_profile, parse_profile
+from emsbms.profile.models import Profile
 
 
 def version_key(version: str) -> tuple[int, ...]:

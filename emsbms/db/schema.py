@@ -2,7 +2,7 @@
 
 The database is one SQLite file per edge (``--db``, ``EMSBMS_DB``, default ``./emsbms.db``): the
 same file as the run log of ``emsbms run`` (``samples``, ``channels``, ``runs``, created by
-`emsbms.store`). The tables here live beside those:
+`emsbms.edge.store`). The tables here live beside those:
 
 1. ``profile store``: ``source_files`` (DBC and EDS content by SHA-256) and ``profiles`` (every
    imported version of every profile: its JSON, content hash, where it came from, when).

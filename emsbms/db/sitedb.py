@@ -16,7 +16,7 @@ from typing import Any
 import sqlite_utils
 
 from emsbms.errors import ConfigError
-from emsbms.profile.loader import Profile
+from emsbms.profile.models import Profile
 from emsbms.protocols.base import DeviceConfig
 from emsbms.site import BusConfig, Site, parse_site
 

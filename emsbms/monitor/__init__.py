@@ -6,7 +6,7 @@ lays out a header line, the bus pane (state, load, rx rate, errors, drops), the 
 channel (value and unit, age, quality by colour, a sparkline of the last minute). Every line is
 built to an exact width, so the frame always fits `width` x `height` (80x24 included). Nothing
 here reads a clock or touches a bus: the caller passes the snapshot, the history it keeps
-(`History.sample`, on its own thread) and the events (`emsbms.events.EventLog`).
+(`History.sample`, on its own thread) and the events (`emsbms.edge.events.EventLog`).
 """
 
 from emsbms.monitor._history import History

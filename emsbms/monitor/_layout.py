@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from rich.console import Group, RenderableType
 from rich.text import Text
 
-from emsbms.events import Event
+from emsbms.edge.events import Event
 from emsbms.monitor._channels import CellPlan, cell_count, channel_cells, choose_columns, flow, longest_name
 from emsbms.monitor._history import History
 from emsbms.monitor._model import DeviceMeta, Filters, Scene, View, classify

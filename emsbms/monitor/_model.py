@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 
-from emsbms.events import Event, Severity
+from emsbms.edge.events import Event, Severity
 from emsbms.monitor._history import History
 from emsbms.types import Quality, Reading, Value
 

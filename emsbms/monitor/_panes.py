@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from rich.text import Text
 
-from emsbms.events import Event
+from emsbms.edge.events import Event
 from emsbms.monitor._model import (
     ALARM_STYLE,
     BUS_STYLE,

@@ -7,7 +7,6 @@ import json
 import os
 import tempfile
 import threading
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,36 +14,10 @@ import cantools
 from pydantic import ValidationError
 
 from emsbms.errors import ProfileError
+from emsbms.profile.checks import check_protocol
 from emsbms.profile.inline import build_database
-from emsbms.profile.models import ProfileModel
+from emsbms.profile.models import Profile, ProfileModel
 from emsbms.resources import data_dir
-
-
-@dataclass(frozen=True)
-class Profile:
-    """A validated profile with its message database resolved."""
-
-    model: ProfileModel
-    path: Path | None = None
-    db: Any = None  # cantools Database for dbc, j1939 and inline profiles
-    source_path: Path | None = None  # the DBC or EDS file, when there is one
-    source_text: str = field(default="", repr=False)
-
-    @property
-    def name(self) -> str:
-        return self.model.name
-
-    @property
-    def version(self) -> str:
-        return self.model.version
-
-    @property
-    def protocol(self) -> str:
-        return self.model.protocol
-
-    def message(self, name: str) -> Any:
-        """The cantools Message called `name`."""
-        return self.db.get_message_by_name(name)
 
 
 def list_shipped() -> list[str]:
@@ -138,9 +111,7 @@ def parse_profile(data: dict[str, Any], path: Path | None = None, source_text: s
     except Exception as e:  # cantools raises many types for a bad DBC or layout
         raise ProfileError(f"profile {model.name}: source: {e}") from e
     profile = Profile(model=model, path=path, db=db, source_path=source_path, source_text=text)
-    from emsbms.protocols import adapter_class  # late import: protocols import the profile
-
-    adapter_class(model.protocol).check_profile(profile)
+    check_protocol(profile)
     return profile
 
 

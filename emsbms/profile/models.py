@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
@@ -191,3 +193,30 @@ class ProfileModel(_Strict):
     commands: dict[str, CommandMap] = Field(default_factory=dict)
     allow_shared_ids: bool = Field(False, description="devices with this profile may share IDs on one bus")
     options: dict[str, object] = Field(default_factory=dict, description="protocol-specific settings")
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A validated profile with its message database resolved."""
+
+    model: ProfileModel
+    path: Path | None = None
+    db: Any = None  # cantools Database for dbc, j1939 and inline profiles
+    source_path: Path | None = None  # the DBC or EDS file, when there is one
+    source_text: str = field(default="", repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    @property
+    def version(self) -> str:
+        return self.model.version
+
+    @property
+    def protocol(self) -> str:
+        return self.model.protocol
+
+    def message(self, name: str) -> Any:
+        """The cantools Message called `name`."""
+        return self.db.get_message_by_name(name)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib
 
 from emsbms.errors import ProfileError
+from emsbms.profile.checks import register_check
+from emsbms.profile.models import Profile
 from emsbms.protocols.base import Adapter
 
 ADAPTERS: dict[str, tuple[str, str]] = {
@@ -28,3 +30,11 @@ def adapter_class(protocol: str) -> type[Adapter]:
         raise ProfileError(f"protocol {protocol!r} is not available in this build: {e}") from e
     cls: type[Adapter] = getattr(module, class_name)
     return cls
+
+
+def _check(profile: Profile) -> None:
+    adapter_class(profile.protocol).check_profile(profile)
+
+
+for _name in ADAPTERS:
+    register_check(_name, _check)

@@ -18,7 +18,7 @@ import can
 from emsbms.types import ChannelInfo, CommandResult, CommandStatus, CommState, Sample
 
 if TYPE_CHECKING:
-    from emsbms.profile.loader import Profile
+    from emsbms.profile.models import Profile
 
 EXTENDED = 1 << 29
 """Added to an arbitration ID to form the dispatch key of an extended (29-bit) frame."""

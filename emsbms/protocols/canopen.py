@@ -65,7 +65,7 @@ from emsbms.types import (
 )
 
 if TYPE_CHECKING:
-    from emsbms.profile.loader import Profile
+    from emsbms.profile.models import Profile
 
 log = logging.getLogger(__name__)
 

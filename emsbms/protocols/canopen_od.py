@@ -15,7 +15,7 @@ from emsbms.errors import ConfigError, ProfileError
 from emsbms.profile.models import HexInt
 
 if TYPE_CHECKING:
-    from emsbms.profile.loader import Profile
+    from emsbms.profile.models import Profile
     from emsbms.protocols.base import DeviceConfig
 
 _REF = re.compile(r"^0x([0-9a-f]{1,4})(?:sub(0x[0-9a-f]{1,2}|\d{1,3}))?$", re.IGNORECASE)

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 import can
 
-from emsbms.codec import CompiledMessage, Sampler, compile_message, compile_sampler
 from emsbms.errors import CommandRejected, ProfileError
+from emsbms.profile.codec import CompiledMessage, Sampler, compile_message, compile_sampler
 from emsbms.protocols.base import (
     EMPTY,
     EXTENDED,
@@ -21,7 +21,7 @@ from emsbms.protocols.base import (
     frame_key,
 )
 from emsbms.protocols.cyclic import CyclicSetpoints
-from emsbms.supervision import Supervisor
+from emsbms.protocols.supervision import Supervisor
 from emsbms.types import (
     AlarmLevel,
     ChannelInfo,
@@ -33,7 +33,7 @@ from emsbms.types import (
 )
 
 if TYPE_CHECKING:
-    from emsbms.profile.loader import Profile
+    from emsbms.profile.models import Profile
 
 
 _new = tuple.__new__  # builds an Output without its Python-level constructor

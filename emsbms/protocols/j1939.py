@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 import can
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from emsbms.codec import CompiledMessage, compile_message
 from emsbms.errors import CommandRejected, ConfigError, ProfileError
+from emsbms.profile.codec import CompiledMessage, compile_message
 from emsbms.profile.models import HexInt
 from emsbms.protocols.base import EMPTY, AckCheck, Adapter, CommandPlan, DeviceConfig, Output
 from emsbms.protocols.cyclic import CyclicSetpoints
@@ -35,7 +35,7 @@ from emsbms.protocols.j1939_names import (
     pgn_and_destination,
 )
 from emsbms.protocols.j1939_stack import DEFAULT_EDGE_ADDRESS, DEFAULT_EDGE_NAME, J1939Stack, stack_for
-from emsbms.supervision import Supervisor
+from emsbms.protocols.supervision import Supervisor
 from emsbms.types import (
     AlarmLevel,
     ChannelInfo,
@@ -48,7 +48,7 @@ from emsbms.types import (
 )
 
 if TYPE_CHECKING:
-    from emsbms.profile.loader import Profile
+    from emsbms.profile.models import Profile
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from emsbms.sim.battery import BatteryModel
 from emsbms.site import BusConfig
 
 if TYPE_CHECKING:
-    from emsbms.profile.loader import Profile
+    from emsbms.profile.models import Profile
 
 
 class DeviceSimulator(ABC):

@@ -49,7 +49,7 @@ from emsbms.sim.dbc_sim import configure_model
 from emsbms.site import BusConfig
 
 if TYPE_CHECKING:
-    from emsbms.profile.loader import Profile
+    from emsbms.profile.models import Profile
 
 log = logging.getLogger(__name__)
 

@@ -46,7 +46,7 @@ from emsbms.sim.battery import BatteryModel
 from emsbms.site import BusConfig
 
 if TYPE_CHECKING:
-    from emsbms.profile.loader import Profile
+    from emsbms.profile.models import Profile
 
 log = logging.getLogger(__name__)
 

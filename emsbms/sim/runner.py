@@ -5,11 +5,10 @@ from __future__ import annotations
 import logging
 import zlib
 
-from emsbms.edge import load_profiles
 from emsbms.sim import simulator_class
 from emsbms.sim.base import DeviceSimulator
 from emsbms.sim.battery import BatteryModel
-from emsbms.site import Site
+from emsbms.site import Site, load_profiles
 
 log = logging.getLogger(__name__)
 

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from emsbms.bus import BusState
-from emsbms.dispatch import now_us
+from emsbms.can.bus import BusState
 from emsbms.edge import Edge
+from emsbms.edge.dispatch import now_us
 from emsbms.site import Site, parse_site
 from emsbms.types import Reading
 from tests.socketcan.support import Candump, CansendLoop, DumpedFrame, Simulation, Vcans, sh

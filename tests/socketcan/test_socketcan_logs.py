@@ -18,7 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from emsbms.cli import app
-from emsbms.logs import read_log
+from emsbms.diag.logs import read_log
 from tests.socketcan.support import Background, Candump, Vcans, parse_candump_line, sh, write_site
 
 pytestmark = pytest.mark.socketcan

@@ -14,12 +14,12 @@ from typing import Any
 
 import can
 
-from emsbms.bus import BusRunner
-from emsbms.dispatch import Dispatcher
+from emsbms.can.bus import BusRunner
+from emsbms.edge.dispatch import Dispatcher
+from emsbms.edge.registry import Registry
 from emsbms.profile import list_shipped, load_profile
 from emsbms.protocols import adapter_class
 from emsbms.protocols.base import Adapter, DeviceConfig
-from emsbms.registry import Registry
 from emsbms.site import BusConfig
 from emsbms.types import ChannelKind
 

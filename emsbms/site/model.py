@@ -7,24 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from emsbms.can.config import BusConfig
 from emsbms.errors import ConfigError
 from emsbms.protocols.base import DeviceConfig
-
-
-@dataclass(frozen=True)
-class BusConfig:
-    """One `[[bus]]`: a python-can bus and the options passed through to it."""
-
-    name: str
-    interface: str
-    channel: str
-    bitrate: int = 500_000
-    options: dict[str, Any] = field(default_factory=dict)
-
-    def can_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for python-can's Bus(...)."""
-        return {"interface": self.interface, "channel": self.channel, "bitrate": self.bitrate,
-                **self.options}
 
 
 @dataclass(frozen=True)

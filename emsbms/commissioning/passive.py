@@ -28,7 +28,7 @@ from typing import Any
 import can
 
 from emsbms.errors import BusError
-from emsbms.profile.loader import Profile
+from emsbms.profile.models import Profile
 from emsbms.protocols.base import EXTENDED, frame_key
 
 HIGH_CONFIDENCE = 0.8

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from emsbms.dispatch import AckWaiter, Dispatcher, now_us
+from emsbms.edge.dispatch import AckWaiter, Dispatcher, now_us
 from emsbms.errors import BusError, CommandRejected
 from emsbms.protocols.base import Adapter, CommandPlan
 from emsbms.types import CommandResult, CommandStatus, CommState

@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from enum import Enum, IntEnum, StrEnum
 
-from emsbms.registry import Registry, Subscription
+from emsbms.edge.registry import Registry, Subscription
 from emsbms.types import CommandResult, CommandStatus, Reading, Value
 
 log = logging.getLogger(__name__)

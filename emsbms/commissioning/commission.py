@@ -16,11 +16,10 @@ from dataclasses import dataclass
 
 from emsbms.db import EdgeDb, replace_profile, split_ref
 from emsbms.db.profiles import shipped_source
-from emsbms.edge import build_adapters
 from emsbms.errors import ConfigError
-from emsbms.profile.loader import Profile
+from emsbms.profile.models import Profile
 from emsbms.protocols.base import DeviceConfig
-from emsbms.site import BusConfig, Site
+from emsbms.site import BusConfig, Site, build_adapters
 
 log = logging.getLogger(__name__)
 

@@ -27,12 +27,11 @@ from typing import Any, TextIO
 
 import can
 
-from emsbms.bus import BusFactory, open_python_can
-from emsbms.dispatch import TICK_S
-from emsbms.edge import build_adapters, load_profiles
+from emsbms.can.bus import BusFactory, open_python_can
+from emsbms.edge.dispatch import TICK_S
 from emsbms.errors import BusError, ConfigError, EmsbmsError
 from emsbms.protocols.base import Adapter, Output, frame_key
-from emsbms.site import BusConfig, Site
+from emsbms.site import BusConfig, Site, build_adapters, load_profiles
 from emsbms.types import Quality, Sample, Value
 
 log = logging.getLogger(__name__)

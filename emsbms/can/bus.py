@@ -17,9 +17,9 @@ from typing import Any
 
 import can
 
+from emsbms.can.config import BusConfig
+from emsbms.can.health import LoadMeter, frame_bits
 from emsbms.errors import BusError
-from emsbms.health import LoadMeter, frame_bits
-from emsbms.site import BusConfig
 
 log = logging.getLogger(__name__)
 

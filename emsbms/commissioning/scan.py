@@ -3,10 +3,10 @@
 Per bus, one python-can connection runs the methods one after the other:
 
 1. ``passive``: listen for ``listen`` seconds (sends nothing) and score every DBC and inline
-   profile, cached and shipped, against the IDs, lengths and rates heard (`emsbms.discovery.passive`);
-2. ``canopen``: the SDO sweep of 0x1000 and heartbeats (`emsbms.discovery.canopen.scan_canopen`),
+   profile, cached and shipped, against the IDs, lengths and rates heard (`emsbms.commissioning.passive`);
+2. ``canopen``: the SDO sweep of 0x1000 and heartbeats (`emsbms.commissioning.canopen.scan_canopen`),
    matched against the identity of every canopen profile;
-3. ``j1939``: a request for Address Claimed (`emsbms.discovery.j1939.scan_j1939`), matched
+3. ``j1939``: a request for Address Claimed (`emsbms.commissioning.j1939.scan_j1939`), matched
    against the NAME fields of every j1939 profile.
 
 Buses are scanned in parallel, one thread each. Only the methods asked for run, so
@@ -24,11 +24,12 @@ from typing import Any
 
 import can
 
-from emsbms.discovery import canopen as canopen_scan
-from emsbms.discovery import j1939 as j1939_scan
-from emsbms.discovery.passive import HIGH_CONFIDENCE, Match, Traffic, listen, match_traffic
+from emsbms.commissioning import canopen as canopen_scan
+from emsbms.commissioning import j1939 as j1939_scan
+from emsbms.commissioning.passive import HIGH_CONFIDENCE, Match, Traffic, listen, match_traffic
 from emsbms.errors import BusError, EmsbmsError
-from emsbms.profile.loader import Profile, list_shipped, load_profile
+from emsbms.profile.loader import list_shipped, load_profile
+from emsbms.profile.models import Profile
 from emsbms.protocols.base import DeviceConfig
 from emsbms.site import BusConfig
 

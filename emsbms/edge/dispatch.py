@@ -11,11 +11,11 @@ from typing import ClassVar
 
 import can
 
-from emsbms.bus import BusRunner, BusState
+from emsbms.can.bus import BusRunner, BusState
+from emsbms.can.health import LatencyMeter, LoadMeter, batch_bits, decode_error_frame
+from emsbms.edge.registry import Registry
 from emsbms.errors import BusError
-from emsbms.health import LatencyMeter, LoadMeter, batch_bits, decode_error_frame
 from emsbms.protocols.base import EXTENDED, Adapter, Output
-from emsbms.registry import Registry
 from emsbms.types import ChannelInfo, ChannelKind, CommandStatus, Sample, Value
 
 log = logging.getLogger(__name__)

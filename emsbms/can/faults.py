@@ -27,7 +27,7 @@ from typing import Any
 
 import can
 
-from emsbms.health import CAN_ERR_BUSOFF, CAN_ERR_CRTL, CAN_ERR_CRTL_ACTIVE, CAN_ERR_RESTARTED
+from emsbms.can.health import CAN_ERR_BUSOFF, CAN_ERR_CRTL, CAN_ERR_CRTL_ACTIVE, CAN_ERR_RESTARTED
 
 
 class FaultyBus(can.BusABC):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from emsbms.db.profiles import ProfileStore, split_ref, version_key
 from emsbms.db.schema import connect, migrate
-from emsbms.edge import Edge
+from emsbms.edge.edge import Edge
 from emsbms.errors import EmsbmsError
 
 log = logging.getLogger(__name__)

@@ -6,75 +6,24 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import can
 
-from emsbms.bus import BusFactory, BusRunner, open_python_can
-from emsbms.commands import CommandChannel
-from emsbms.dispatch import Dispatcher, now_us
-from emsbms.errors import ConfigError, ProfileError, UnknownAddressError, UnsupportedError
-from emsbms.profile.loader import Profile, load_profile
+from emsbms.can.bus import BusFactory, BusRunner, open_python_can
+from emsbms.db import load_stored_site
+from emsbms.edge.commands import CommandChannel
+from emsbms.edge.dispatch import Dispatcher, now_us
+from emsbms.edge.registry import Callback, Registry, Snapshot, Subscription
+from emsbms.errors import ConfigError, UnknownAddressError, UnsupportedError
+from emsbms.profile.models import Profile
 from emsbms.protocols import adapter_class
 from emsbms.protocols.base import EXTENDED, Adapter
-from emsbms.registry import Callback, Registry, Snapshot, Subscription
-from emsbms.site import Site, load_site
+from emsbms.site import Site, build_adapters, load_profiles, load_site
 from emsbms.types import ChannelKind, CommandResult, Reading, Sample
 
 log = logging.getLogger(__name__)
-
-
-def load_profiles(site: Site) -> dict[str, Profile]:
-    """Load every device's profile; errors name the site file, the device and the key.
-
-    A site read from the database (`emsbms.db.StoredSite`) brings its profiles, loaded from the store.
-    """
-    stored = getattr(site, "profiles", None)
-    if isinstance(stored, dict):
-        return {d.name: stored[d.name] for d in site.devices}
-    source = str(site.path or "<site>")
-    profiles: dict[str, Profile] = {}
-    cache: dict[str, Profile] = {}
-    for i, d in enumerate(site.devices):
-        ref = d.profile
-        if ref not in cache:
-            path = Path(ref)
-            if site.path is not None and not path.is_absolute() and (site.path.parent / path).is_file():
-                ref = str(site.path.parent / path)
-            try:
-                cache[d.profile] = load_profile(ref)
-            except ProfileError as e:
-                raise ConfigError(f"{source}: [[device]] #{i + 1} {d.name!r}: key 'profile': {e}") from e
-        profiles[d.name] = cache[d.profile]
-    return profiles
-
-
-def build_adapters(site: Site, profiles: dict[str, Profile]) -> dict[str, Adapter]:
-    """One adapter per device; refuses devices whose frames collide on one bus."""
-    adapters: dict[str, Adapter] = {}
-    owners: dict[tuple[str, int], str] = {}
-    for d in site.devices:
-        profile = profiles[d.name]
-        shared = site.extra.get(profile.protocol)
-        if isinstance(shared, dict) and shared:  # site-wide [j1939] / [canopen] settings
-            d = replace(d, options={**shared, **d.options})
-        adapter = adapter_class(profile.protocol)(d, profile)
-        for key in adapter.frame_keys():
-            other = owners.get((d.bus, key))
-            if other is not None and not (
-                profile.model.allow_shared_ids and profiles[other].model.allow_shared_ids
-            ):
-                can_id = key & ~EXTENDED
-                raise ConfigError(
-                    f"{site.path or '<site>'}: [[device]] {d.name!r}: frame 0x{can_id:X} on bus"
-                    f" {d.bus!r} is already used by device {other!r}; put it on another bus or"
-                    f" give it an id_offset"
-                )
-            owners[(d.bus, key)] = d.name
-        adapters[d.name] = adapter
-    return adapters
 
 
 class _WorkerIO:
@@ -279,8 +228,6 @@ class Edge:
 
         Their profiles come from the database's profile store: no profile, DBC or EDS file is read.
         """
-        from emsbms.db import load_stored_site  # the database imports the edge
-
         return cls(load_stored_site(path), **kwargs)
 
     def _start_worker(self, adapter: Adapter) -> None:
