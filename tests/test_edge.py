@@ -81,7 +81,8 @@ def test_write_to_a_lost_device_is_rejected_with_nothing_sent() -> None:
         while peer.recv(0.05) is not None:
             pass
         result = edge.write("bms_0/SetChargeCurrent", 10.0, timeout=0.5)
-        assert result.status is CommandStatus.REJECTED and "bms_0 is LOST: nothing sent" in result.detail
+        assert result.status is CommandStatus.REJECTED
+        assert result.detail == "bms_0 is LOST (silent past its timeout): commands need CommState OK; nothing sent"
         assert peer.recv(0.3) is None
     peer.shutdown()
 

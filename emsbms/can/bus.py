@@ -2,7 +2,9 @@
 
 The reader never blocks on consumers: when the queue is full the frame is dropped and counted.
 If the bus fails (the adapter disappears, recv raises), the reader marks it DOWN and reopens it
-with bounded exponential backoff.
+with bounded exponential backoff; a bus that cannot be opened at start is DOWN from the start and
+opened the same way. Data the interface received but could not turn into a frame (a datagram on a
+udp_multicast group that is no packed CAN message) is counted and skipped: the bus stays up.
 """
 
 from __future__ import annotations
@@ -90,6 +92,23 @@ class FrameQueue:
         return len(self._items)
 
 
+MAX_BAD_IN_A_ROW = 1000
+"""Undecodable receptions in a row (no frame, no timeout between them) taken as a failing bus."""
+
+
+def is_bad_data(error: Exception) -> bool:
+    """True if `recv` failed on one reception it could not decode, not on the bus.
+
+    python-can's udp_multicast consumes a datagram, then raises ``CanOperationError("could not
+    unpack received message")`` from the unpacking error (msgpack's, or can.Message's TypeError or
+    ValueError): the socket is fine and the next recv works. A failure of the bus itself comes
+    from an OSError (a socket or device gone) or has no cause.
+    """
+    cause = error.__cause__
+    return (isinstance(error, can.CanOperationError) and cause is not None
+            and not isinstance(cause, OSError | can.CanError))
+
+
 class BusRunner:
     """Owns one bus: its reader thread, its receive queue, sending and counters."""
 
@@ -115,14 +134,32 @@ class BusRunner:
         self.tx_errors = 0
         self.dropped = 0
         self.reopens = 0
+        self.rx_errors = 0
+        """Received data skipped because the interface could not make a frame of it (see is_bad_data)."""
         self.last_error = ""
+        self.last_rx_error = ""
         self.tx_load = LoadMeter(config.bitrate)
         self._error_state: BusState | None = None  # announced by error frames
 
     def open(self) -> None:
-        """Open the bus now (raises BusError) and start the reader thread."""
-        self._bus = self._factory(self.config)
-        self.state = self._state_of(self._bus)
+        """Open the bus and start the reader thread.
+
+        A bus that fails to open is DOWN, with the reason in `last_error`, and the reader keeps
+        opening it with the backoff. Only an interface python-can does not know (a configuration
+        error no retry can mend) raises BusError.
+        """
+        try:
+            self._bus = self._factory(self.config)
+            self.state = self._state_of(self._bus)
+        except Exception as e:
+            if isinstance(e, can.CanInterfaceNotImplementedError) or isinstance(
+                    e.__cause__, can.CanInterfaceNotImplementedError):
+                raise e if isinstance(e, BusError) else BusError(
+                    f"bus {self.name}: cannot open {self.config.interface}:{self.config.channel}: {e}") from e
+            log.warning("bus %s cannot be opened (retrying): %s", self.name, e)
+            self._bus = None
+            self.state = BusState.DOWN
+            self.last_error = f"{type(e).__name__}: {e}"
         self._thread = threading.Thread(target=self._read_loop, name=f"emsbms-rx-{self.name}", daemon=True)
         self._thread.start()
 
@@ -164,6 +201,7 @@ class BusRunner:
 
     def _read_loop(self) -> None:
         backoff = 0.05
+        bad_in_a_row = 0
         put = self.queue.put
         while not self._stop.is_set():
             bus = self._bus
@@ -183,8 +221,15 @@ class BusRunner:
             try:
                 msg = bus.recv(0.1)
             except Exception as e:
+                if is_bad_data(e) and bad_in_a_row < MAX_BAD_IN_A_ROW:
+                    bad_in_a_row += 1
+                    self.rx_errors += 1
+                    self.last_rx_error = f"received data skipped: {e} ({type(e.__cause__).__name__}: {e.__cause__})"
+                    continue
+                bad_in_a_row = 0
                 self._fail(e)
                 continue
+            bad_in_a_row = 0
             backoff = 0.05  # reset only once the bus works: a downed SocketCAN link opens fine, then fails
             if msg is None:
                 continue

@@ -54,8 +54,8 @@ class Dispatcher:
     """Routes one bus's frames to its device adapters and publishes bus health channels."""
 
     HEALTH = ("State", "BusLoad", "RxFrames", "TxFrames", "RxRate", "ErrorFrames", "Dropped",
-              "UnknownIds", "BadFrames", "LastError", "TxErrorCounter", "RxErrorCounter", "Reopens",
-              "LatencyP50", "LatencyP99")
+              "UnknownIds", "BadFrames", "RxErrors", "AdapterErrors", "LastError", "TxErrorCounter",
+              "RxErrorCounter", "Reopens", "LatencyP50", "LatencyP99")
     UNITS: ClassVar[dict[str, str]] = {"BusLoad": "%", "RxRate": "frames/s", "LatencyP50": "µs", "LatencyP99": "µs"}
 
     def __init__(self, runner: BusRunner, adapters: Sequence[Adapter], registry: Registry) -> None:
@@ -73,6 +73,11 @@ class Dispatcher:
         self.bad_frames = 0
         self.frames_ok = 0
         self.error_frames = 0
+        self.adapter_errors = 0
+        """Exceptions an adapter raised (on_frame, tick) that this dispatcher caught."""
+        self.caught: dict[str, int] = {}
+        """Caught adapter exceptions by "<device>.<method>: <type>", with how often (the fuzzer reads it)."""
+        self.last_caught = ""
         self.last_bad = ""
         self.last_error_frame = ""
         self.tec: int | None = None
@@ -149,8 +154,7 @@ class Dispatcher:
                     try:
                         out = a.on_frame(msg, t)
                     except Exception as e:  # adapters must not raise; count it if one does
-                        out = Output(error=f"{a.device.name}: adapter raised {e!r}")
-                        log.exception("adapter %s raised", a.device.name)
+                        out = Output(error=self._caught(a, "on_frame", e))
                     if out is None:
                         continue
                     claimed = True
@@ -179,6 +183,16 @@ class Dispatcher:
             self.latency.extend([done - round(m.timestamp * 1_000_000) for m in batch if not m.is_error_frame])
         self._send(frames)
 
+    def _caught(self, adapter: Adapter, method: str, error: Exception) -> str:
+        """Count an exception an adapter raised; returns its text (for LastError)."""
+        self.adapter_errors += 1
+        key = f"{adapter.device.name}.{method}: {type(error).__name__}"
+        self.caught[key] = self.caught.get(key, 0) + 1
+        self.last_caught = f"{adapter.device.name}: adapter raised {error!r} in {method}"
+        if self.caught[key] == 1:  # the first of a kind with its traceback, the rest only counted
+            log.exception("adapter %s raised in %s", adapter.device.name, method)
+        return self.last_caught
+
     def _error_frame(self, msg: can.Message) -> None:
         self.error_frames += 1
         info = decode_error_frame(msg.arbitration_id, msg.data)
@@ -189,8 +203,13 @@ class Dispatcher:
             self.runner.note_error_state(BusState(info.state.value))
 
     def tick(self, t: int) -> None:
+        outs: list[Output] = []
         with self.lock:
-            outs = [a.tick(t) for a in self.adapters]
+            for a in self.adapters:
+                try:
+                    outs.append(a.tick(t))
+                except Exception as e:  # one adapter's fault must not stop the others' supervision
+                    self._caught(a, "tick", e)
         samples: list[Sample] = []
         stale: list[str] = []
         frames: list[can.Message] = []
@@ -231,8 +250,10 @@ class Dispatcher:
         values: dict[str, Value] = {
             "State": r.state, "BusLoad": round(load, 2), "RxFrames": r.rx, "TxFrames": r.tx,
             "RxRate": round(rate, 1), "ErrorFrames": self.error_frames, "Dropped": r.dropped,
-            "UnknownIds": self.unknown_ids, "BadFrames": self.bad_frames,
-            "LastError": r.last_error or self.last_error_frame or self.last_bad,
+            "UnknownIds": self.unknown_ids, "BadFrames": self.bad_frames, "RxErrors": r.rx_errors,
+            "AdapterErrors": self.adapter_errors,
+            "LastError": (r.last_error or self.last_error_frame or self.last_bad or r.last_rx_error
+                          or self.last_caught),
             "TxErrorCounter": self.tec, "RxErrorCounter": self.rec, "Reopens": r.reopens,
             "LatencyP50": self.latency.percentile(50), "LatencyP99": self.latency.percentile(99),
         }

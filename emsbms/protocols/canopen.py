@@ -548,12 +548,15 @@ class CanopenAdapter(Adapter):
 
     def _due_rpdo(self, now_us: int, stale: list[str]) -> list[can.Message]:
         due: dict[int, int] = {}
-        names, expired = self._active.due(now_us)
+        names, expired = self._active.due(now_us, self.state)  # tick has supervised first
+        if expired and self.state is CommState.LOST:
+            log.warning("%s is LOST: cyclic setpoints %s stopped (write them again once it is back)",
+                        self.device.name, ", ".join(expired))
         stale.extend(self.prefix + name for name in expired)
         for name in names:
             var = self._cmd_vars[name]
             due[var.index << 8 | var.subindex] = int(self._active[name].value)
-        if not due or self.state is CommState.LOST:
+        if not due:
             return []
         try:
             return [self._rpdo_frame(due)]

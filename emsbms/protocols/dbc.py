@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -35,6 +36,8 @@ from emsbms.types import (
 if TYPE_CHECKING:
     from emsbms.profile.models import Profile
 
+
+log = logging.getLogger(__name__)
 
 _new = tuple.__new__  # builds an Output without its Python-level constructor
 
@@ -317,18 +320,21 @@ class DbcAdapter(Adapter):
             if not samples and not went_stale:
                 return EMPTY
             return _new(Output, (samples, (), went_stale, None))  # type: ignore[no-any-return]
+        samples, went_stale = self.supervisor.tick(now_us)  # first: a LOST device gets no setpoint from this tick
+        due, expired = self._active.due(now_us, self.supervisor.state)
+        if expired and self.supervisor.state is CommState.LOST:
+            log.warning("%s is LOST: cyclic setpoints %s stopped (write them again once it is back)",
+                        self.device.name, ", ".join(expired))
         frames: list[can.Message] = []
         m = self.profile.model
         for i, spec in enumerate(m.transmit):
             if now_us >= self._transmit_next[i]:
                 self._transmit_next[i] = now_us + int(spec.period_ms * 1000)
                 frames.append(self._frame(spec.message, self._message_values(spec.message, dict(spec.signals))))
-        due, expired = self._active.due(now_us)
         stale = [self.prefix + name for name in expired]
         due_messages = dict.fromkeys(m.commands[name].message or "" for name in due)
         for msg_name in due_messages:
             frames.append(self._frame(msg_name, self._message_values(msg_name, {})))
-        samples, went_stale = self.supervisor.tick(now_us)
         return Output(samples=samples, frames=frames, stale=stale + went_stale)
 
     # -- commands ---------------------------------------------------------------------------

@@ -419,8 +419,8 @@ class J1939Adapter(Adapter):
         self._send_requests(now_us)
         if self._later and self.stack.edge_address is not None and self.address is not None:
             self.stack.outbox.extend(self._later.run())
+        sup_samples, went_stale = self.supervisor.tick(now_us)  # first: a LOST device gets no setpoint
         stale = self._send_cyclic(now_us)
-        sup_samples, went_stale = self.supervisor.tick(now_us)
         return Output(samples=samples + sup_samples, frames=self.stack.drain(), stale=stale + went_stale)
 
     # -- addresses ---------------------------------------------------------------------------
@@ -665,7 +665,10 @@ class J1939Adapter(Adapter):
         return check
 
     def _send_cyclic(self, now_us: int) -> list[str]:
-        names, expired = self._active.due(now_us)
+        names, expired = self._active.due(now_us, self.supervisor.state)
+        if expired and self.supervisor.state is CommState.LOST:
+            log.warning("%s is LOST: cyclic setpoints %s stopped (write them again once it is back)",
+                        self.device_name, ", ".join(expired))
         stale = [self.prefix + name for name in expired]
         due = dict.fromkeys(self.profile.model.commands[name].message or "" for name in names)
         if due and self.stack.edge_address is not None and self.address is not None:
