@@ -61,7 +61,7 @@ def test_pylon_profile_resolves_its_dbc_and_copies_it_from_a_path(tmp_path: Path
         (lambda d: d["channels"]["Soc"].update(colour="red"), "channels.Soc.colour: Extra inputs are not permitted"),
         (lambda d: d.update(protocol="modbus"), "protocol: Input should be 'dbc', 'canopen' or 'j1939'"),
         (lambda d: d["messages"]["PYLON_Limits"].update(period_ms=-1),
-         "messages.PYLON_Limits.period_ms: Input should be greater than 0; found -1"),
+         "messages.PYLON_Limits.period_ms: expected a number of milliseconds from 1 to 86400000 (1 day); found -1"),
         (lambda d: d["alarms"]["OverVoltage"]["sources"][1].update(signal="Nope"),
          "alarms.OverVoltage.sources.1.signal 'Nope' not in message PYLON_Alarms"),
         (lambda d: d.update(commands={"SetX": {"message": "EMS_Keepalive", "signal": "KeepaliveData",

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import re
 import tempfile
 import threading
 from pathlib import Path
 from typing import Any
 
 import cantools
+import textparser
+from cantools.database.errors import Error as CantoolsError
+from cantools.database.errors import UnsupportedDatabaseFormatError
 from pydantic import ValidationError
 
 from emsbms.errors import ProfileError
@@ -41,30 +46,73 @@ def _resolve_path(name_or_path: str | Path) -> Path:
     return shipped
 
 
+def _roots(kind: str, profile_path: Path | None) -> list[Path]:
+    """The folders a profile's `source.<kind>` may name a file in, most specific first."""
+    roots = [profile_path.parent, profile_path.parent.parent / kind] if profile_path is not None else []
+    roots.append(data_dir(kind))
+    return roots
+
+
 def _locate(kind: str, ref: str, profile_path: Path | None) -> Path:
+    """The file `source.<kind>` names, inside the profile's folder, its sibling `<kind>/` or the shipped data.
+
+    A reference that leaves them (an absolute path elsewhere, `..`, a symbolic link pointing out)
+    is refused, whether or not the file exists.
+    """
+    roots = _roots(kind, profile_path)
+    real_roots = [r.resolve() for r in roots]
     ref_path = Path(ref)
-    candidates = [ref_path] if ref_path.is_absolute() else []
-    if profile_path is not None and not ref_path.is_absolute():
-        candidates.append(profile_path.parent / ref_path)
-        candidates.append(profile_path.parent.parent / kind / ref_path)
-    candidates.append(data_dir(kind) / ref_path.name)
-    for c in candidates:
+    candidates = [r / ref_path for r in roots]
+    inside = [c for c in candidates if any(c.resolve().is_relative_to(r) for r in real_roots)]
+    if not inside:
+        raise ProfileError(
+            f"source.{kind} {ref!r}: expected a file inside {', '.join(map(str, real_roots))};"
+            f" found a path outside them ({candidates[0].resolve()})"
+        )
+    if ref_path.name != ref:  # the shipped file of the same name, e.g. for a profile kept elsewhere
+        inside.append(roots[-1] / ref_path.name)
+    looked = list(dict.fromkeys(inside))
+    for c in looked:
         if c.is_file():
             return c
-    raise ProfileError(f"source.{kind} {ref!r} not found; looked in {', '.join(map(str, candidates))}")
+    raise ProfileError(f"source.{kind} {ref!r} not found; looked in {', '.join(map(str, looked))}")
 
 
 def _materialize(kind: str, text: str) -> Path:
-    """A file holding `text` (named by its SHA-256), for libraries that parse only files."""
-    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    """A file holding `text` (named by its SHA-256), for libraries that parse only files.
+
+    A file already there is used only if its content still hashes to its name; otherwise it is
+    written again (another process, or a hand, may have changed it).
+    """
+    data = text.encode("utf-8")
+    digest = hashlib.sha256(data).hexdigest()
     folder = Path(tempfile.gettempdir()) / "emsbms-sources"
     target = folder / f"{digest}.{kind}"
-    if not target.is_file():
+    if not _holds(target, digest):
         folder.mkdir(parents=True, exist_ok=True)
         partial = folder / f".{digest}.{os.getpid()}.{threading.get_ident()}"
-        partial.write_text(text, encoding="utf-8")
+        partial.write_bytes(data)
         os.replace(partial, target)
     return target
+
+
+def _holds(path: Path, digest: str) -> bool:
+    """Whether `path` is a regular file (not a link) whose content has the SHA-256 `digest`."""
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest() == digest
+    except OSError:
+        return False
+
+
+def _shown(found: object) -> str:
+    """A found value as the profile's author wrote it: NaN and Infinity as in JSON, huge integers cut."""
+    if isinstance(found, float) and not math.isfinite(found):
+        return "NaN" if math.isnan(found) else ("Infinity" if found > 0 else "-Infinity")
+    if isinstance(found, int) and not isinstance(found, bool) and abs(found) >= 10**20:
+        return f"an integer of {found.bit_length()} bits (about 10**{int(found.bit_length() * 0.30103)})"
+    return repr(found)
 
 
 def _format_pydantic(name: str, err: ValidationError) -> str:
@@ -72,9 +120,28 @@ def _format_pydantic(name: str, err: ValidationError) -> str:
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "(root)"
         found = e.get("input")
-        found_text = "" if isinstance(found, dict | list) else f"; found {found!r}"
+        found_text = "" if isinstance(found, dict | list) else f"; found {_shown(found)}"
         parts.append(f"{loc}: {e['msg']}{found_text}")
     return f"profile {name}: " + "; ".join(parts)
+
+
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+
+
+def source_error(kind: str, e: Exception) -> str:
+    """Why a DBC did not load, without the file's content.
+
+    cantools quotes the offending line of a syntax error ('Invalid syntax at line 1, column 17:
+    "<the line>"'): only its position is kept. Its own checks (overlapping signals ...) are kept
+    whole; any other error keeps its text with quoted parts left out.
+    """
+    inner = getattr(e, "e_dbc", None) or e
+    what = f"source.{kind}: not a valid {kind.upper()} file"
+    if isinstance(inner, textparser.ParseError):
+        return f"{what}: invalid syntax at line {inner.line}, column {inner.column}"
+    if isinstance(inner, CantoolsError) and not isinstance(inner, UnsupportedDatabaseFormatError):
+        return f"source.{kind}: {inner}"
+    return f"{what}: {type(inner).__name__}: {_QUOTED.sub('...', str(inner))}"
 
 
 def parse_profile(data: dict[str, Any], path: Path | None = None, source_text: str | None = None) -> Profile:
@@ -97,7 +164,10 @@ def parse_profile(data: dict[str, Any], path: Path | None = None, source_text: s
             if source_text is None:
                 source_path = _locate("dbc", model.source.dbc, path)
             text = source_path.read_text(encoding="utf-8") if source_path is not None else str(source_text)
-            db = cantools.database.load_string(text, database_format="dbc", strict=True)
+            try:
+                db = cantools.database.load_string(text, database_format="dbc", strict=True)
+            except Exception as e:  # cantools raises many types for a bad DBC
+                raise ProfileError(source_error("dbc", e)) from e
         elif model.source.messages is not None:
             db = build_database(list(model.source.messages))
         elif model.source.eds is not None:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
+from pydantic_core import PydanticCustomError
 
 
 def _int_or_hex(value: object) -> object:
@@ -22,6 +25,65 @@ def _int_or_hex(value: object) -> object:
 
 HexInt = Annotated[int, BeforeValidator(_int_or_hex)]
 
+DAY_MS = 86_400_000
+"""The longest period or timeout a profile may give: one day, in milliseconds."""
+
+
+def _number_check(
+    expected: str, low: float | None = None, high: float | None = None, nonzero: bool = False
+) -> Callable[[float], float]:
+    """A validator refusing NaN, ±Infinity, zero (if `nonzero`) and numbers outside low..high."""
+
+    def check(value: float) -> float:
+        bad = not math.isfinite(value) or (nonzero and value == 0)
+        if bad or (low is not None and value < low) or (high is not None and value > high):
+            raise PydanticCustomError("number_range", "expected {expected}", {"expected": expected})
+        return value
+
+    return check
+
+
+def _schema(low: float | None = None, high: float | None = None, nonzero: bool = False) -> WithJsonSchema:
+    schema: dict[str, Any] = {"type": "number"}
+    if low is not None:
+        schema["minimum"] = low
+    if high is not None:
+        schema["maximum"] = high
+    if nonzero:
+        schema["not"] = {"const": 0}
+    return WithJsonSchema(schema)
+
+
+_MS = f"a number of milliseconds from 1 to {DAY_MS} (1 day)"
+_S = "a number of seconds from 0.001 to 86400 (1 day)"
+
+Finite = Annotated[float, AfterValidator(_number_check("a finite number")), _schema()]
+"""Any number but NaN and ±Infinity (which Python's JSON parser accepts)."""
+Scale = Annotated[float, AfterValidator(_number_check("a finite non-zero number", nonzero=True)), _schema(nonzero=True)]
+Millis = Annotated[float, AfterValidator(_number_check(_MS, 1, DAY_MS)), _schema(1, DAY_MS)]
+"""A period or timeout: 1 ms to 1 day."""
+Seconds = Annotated[float, AfterValidator(_number_check(_S, 0.001, DAY_MS / 1000)), _schema(0.001, DAY_MS / 1000)]
+Tolerance = Annotated[float, AfterValidator(_number_check("a finite number from 0", 0)), _schema(0)]
+
+
+def encodable_range(
+    length: int, signed: bool, scale: float, offset: float, is_float: bool = False
+) -> tuple[float, float]:
+    """The physical values a signal can carry: its raw range (bits, signedness) times scale, plus offset.
+
+    Float signals carry any finite single or double. The result may hold ±Infinity when the scale
+    is so large that the products overflow: callers refuse such a signal.
+    """
+    if is_float:
+        top = 3.4028234663852886e38 if length == 32 else 1.7976931348623157e308
+        low, high = -top, top
+    elif signed:
+        low, high = -float(1 << (length - 1)), float((1 << (length - 1)) - 1)
+    else:
+        low, high = 0.0, float((1 << length) - 1)
+    a, b = low * scale + offset, high * scale + offset
+    return (a, b) if a <= b else (b, a)
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -36,11 +98,31 @@ class InlineSignal(_Strict):
     length: int = Field(ge=1, le=64, description="length in bits")
     signed: bool = False
     byte_order: Literal["little", "big"] = "little"
-    scale: float = 1.0
-    offset: float = 0.0
+    scale: Scale = 1.0
+    offset: Finite = 0.0
     unit: str = ""
-    minimum: float | None = None
-    maximum: float | None = None
+    minimum: Finite | None = None
+    maximum: Finite | None = None
+
+    @model_validator(mode="after")
+    def _limits(self) -> InlineSignal:
+        low, high = encodable_range(self.length, self.signed, self.scale, self.offset)
+        if not (math.isfinite(low) and math.isfinite(high)):
+            raise ValueError(
+                f"scale {self.scale!r} and offset {self.offset!r} overflow: {self.length}-bit values times the"
+                " scale plus the offset must be finite"
+            )
+        for key in ("minimum", "maximum"):
+            value = getattr(self, key)
+            if value is not None and not low <= value <= high:
+                raise ValueError(
+                    f"{key}: expected a number from {low:g} to {high:g} (what {self.length} bits"
+                    f" {'signed' if self.signed else 'unsigned'}, scale {self.scale:g}, offset {self.offset:g}"
+                    f" can carry); found {value!r}"
+                )
+        if self.minimum is not None and self.maximum is not None and self.minimum > self.maximum:
+            raise ValueError(f"minimum {self.minimum:g} is above maximum {self.maximum:g}")
+        return self
 
 
 class InlineMessage(_Strict):
@@ -71,11 +153,11 @@ class Source(_Strict):
 class MessageSettings(_Strict):
     """Supervision and length settings of one message, keyed by message name."""
 
-    period_ms: float | None = Field(None, gt=0, description="expected period; stale after 2.5x")
-    timeout_ms: float | None = Field(None, gt=0, description="no frame for this long: device lost")
+    period_ms: Millis | None = Field(None, description="expected period; stale after 2.5x")
+    timeout_ms: Millis | None = Field(None, description="no frame for this long: device lost")
     min_dlc: int | None = Field(None, ge=0, le=64, description="shortest DLC accepted (default: full length)")
     on_request: bool = Field(False, description="J1939: sent only when requested (the edge requests it)")
-    request_interval_s: float | None = Field(None, gt=0, description="J1939: re-request it this often")
+    request_interval_s: Seconds | None = Field(None, description="J1939: re-request it this often")
 
 
 class ChannelMap(_Strict):
@@ -86,8 +168,8 @@ class ChannelMap(_Strict):
     od: str | None = Field(None, description="CANopen object: '0x6060', '0x2010sub1' or a name")
     unit: str = ""
     type: Literal["number", "bool", "int"] = "number"
-    scale: float = Field(1.0, description="correction: value = signal * scale + offset")
-    offset: float = 0.0
+    scale: Scale = Field(1.0, description="correction: value = signal * scale + offset")
+    offset: Finite = 0.0
     abs: bool = Field(False, description="take the magnitude (e.g. a DCL sent as a negative number)")
     description: str = ""
 
@@ -122,7 +204,7 @@ class AckSpec(_Strict):
     type: Literal["echo", "none", "sdo", "j1939_ack"] = "echo"
     message: str | None = None
     signal: str | None = None
-    tolerance: float | None = Field(None, ge=0, description="echo match tolerance (default: half a scale step)")
+    tolerance: Tolerance | None = Field(None, description="echo match tolerance (default: half a scale step)")
 
     @model_validator(mode="after")
     def _echo_target(self) -> AckSpec:
@@ -143,11 +225,11 @@ class CommandMap(_Strict):
     )
     unit: str = ""
     type: Literal["number", "bool"] = "number"
-    min: float
-    max: float
-    idle: float | None = Field(None, description="value sent in this signal while the command is not active")
-    ttl_s: float | None = Field(None, gt=0, description="repeat cyclically until this many seconds pass")
-    period_ms: float | None = Field(None, gt=0, description="repeat period while active (with ttl_s)")
+    min: Finite
+    max: Finite
+    idle: Finite | None = Field(None, description="value sent in this signal while the command is not active")
+    ttl_s: Seconds | None = Field(None, description="repeat cyclically until this many seconds pass")
+    period_ms: Millis | None = Field(None, description="repeat period while active (with ttl_s)")
     ack: AckSpec = Field(default_factory=lambda: AckSpec(type="none", tolerance=None))
     description: str = ""
 
@@ -169,8 +251,8 @@ class TransmitSpec(_Strict):
     """A frame the edge sends periodically, e.g. a keepalive."""
 
     message: str
-    period_ms: float = Field(gt=0)
-    signals: dict[str, float] = Field(default_factory=dict)
+    period_ms: Millis
+    signals: dict[str, Finite] = Field(default_factory=dict)
 
 
 class ProfileModel(_Strict):
@@ -186,7 +268,7 @@ class ProfileModel(_Strict):
     vendor: str = ""
     source: Source
     messages: dict[str, MessageSettings] = Field(default_factory=dict)
-    timeout_ms: float = Field(5000, gt=0, description="device lost after this long without any frame")
+    timeout_ms: Millis = Field(5000, description="device lost after this long without any frame")
     channels: dict[str, ChannelMap] = Field(default_factory=dict)
     alarms: dict[str, AlarmMap] = Field(default_factory=dict)
     transmit: list[TransmitSpec] = Field(default_factory=list)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import configparser
+import math
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -12,13 +14,14 @@ from canopen.objectdictionary import datatypes as dt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from emsbms.errors import ConfigError, ProfileError
-from emsbms.profile.models import HexInt
+from emsbms.profile.models import HexInt, Millis
 
 if TYPE_CHECKING:
     from emsbms.profile.models import Profile
     from emsbms.protocols.base import DeviceConfig
 
 _REF = re.compile(r"^0x([0-9a-f]{1,4})(?:sub(0x[0-9a-f]{1,2}|\d{1,3}))?$", re.IGNORECASE)
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
 _RANGE = re.compile(r"^(0x[0-9a-f]{1,4})(?:-(0x[0-9a-f]{1,4}))?$", re.IGNORECASE)
 
 
@@ -48,10 +51,10 @@ class CanopenOptions(_Opt):
 
     identity: IdentitySpec | None = None
     nmt_master: bool | None = Field(None, description="default for devices: send NMT start")
-    heartbeat_consumer_ms: float | None = Field(None, gt=0, description="default: 1.5 x the device's 0x1017")
+    heartbeat_consumer_ms: Millis | None = Field(None, description="default: 1.5 x the device's 0x1017")
     heartbeat_producer_ms: int | None = Field(None, ge=0, le=0xFFFF, description="write 0x1017 when configuring")
-    sdo_timeout_ms: float = Field(1000.0, gt=0, description="wait this long for each SDO response")
-    sdo_poll_ms: float = Field(10_000.0, gt=0, description="SDO-read channels that no TPDO carries this often")
+    sdo_timeout_ms: Millis = Field(1000.0, description="wait this long for each SDO response")
+    sdo_poll_ms: Millis = Field(10_000.0, description="SDO-read channels that no TPDO carries this often")
     pdo_mapping: Literal["device", "eds"] = Field("device", description="read the TPDO mapping from the device")
     emcy_alarms: dict[str, EmcyAlarm] = Field(default_factory=dict, description="'0x4210' or '0x4000-0x4FFF'")
     emcy_level: int = Field(2, ge=1, le=2, description="Alarm/Emcy level of codes emcy_alarms does not name")
@@ -219,7 +222,7 @@ def check_canopen_profile(profile: Profile) -> None:
     try:
         od = load_od(profile.source_path, None)
     except Exception as e:  # configparser and canopen raise many types for a broken EDS
-        raise ProfileError(f"{label}: source.eds {eds}: cannot parse: {e}") from e
+        raise ProfileError(f"{label}: source.eds {eds}: cannot parse: {eds_error(e)}") from e
     for key in ("messages", "alarms", "transmit"):
         if getattr(m, key):
             hint = "; use options.emcy_alarms for alarms" if key == "alarms" else ""
@@ -231,9 +234,33 @@ def check_canopen_profile(profile: Profile) -> None:
         var = _resolve(od, ch.od, eds, f"{path}.od")
         if not var.readable:
             raise ProfileError(f"{path}.od {ch.od!r}: {ref_text(var)} is {var.access_type} in {eds}; expected readable")
+        _check_factor(var, eds, f"{path}.od")
+        rng = physical_limits(var)
+        if rng is not None and not all(math.isfinite(v * ch.scale + ch.offset) for v in rng):
+            raise ProfileError(f"{path}: scale {ch.scale:g} and offset {ch.offset:g} overflow on {ref_text(var)}"
+                               f" ({rng[0]:g} to {rng[1]:g}) in {eds}; expected finite values")
     rpdo = rpdo_objects(od)
     for name, cmd in m.commands.items():
         _check_command(od, eds, rpdo, f"{label}: commands.{name}", cmd)
+
+
+def eds_error(e: Exception) -> str:
+    """Why an EDS did not parse, without its content: configparser quotes the offending line, keep its number."""
+    if isinstance(e, configparser.Error):
+        lines = [n for n, _ in getattr(e, "errors", ())] or [getattr(e, "lineno", None)]
+        where = ", ".join(str(n) for n in lines if n is not None)
+        return f"{type(e).__name__}" + (f" at line {where}" if where else "")
+    return f"{type(e).__name__}: {_QUOTED.sub('...', str(e))}"
+
+
+def _check_factor(var: ODVariable, eds: str, path: str) -> None:
+    factor = getattr(var, "factor", 1)
+    if not math.isfinite(factor) or factor == 0:
+        raise ProfileError(f"{path}: {ref_text(var)} in {eds} has Factor {factor!r}; expected a finite non-zero number")
+    for key in ("min", "max"):
+        value = getattr(var, key)
+        if value is not None and not math.isfinite(value):
+            raise ProfileError(f"{path}: {ref_text(var)} in {eds} has {key} {value!r}; expected a finite number")
 
 
 def _resolve(od: ObjectDictionary, ref: str, eds: str, path: str) -> ODVariable:
@@ -261,6 +288,7 @@ def _check_command(od: ObjectDictionary, eds: str, rpdo: set[tuple[int, int]], p
         raise ProfileError(f"{path}.ttl_s: cyclic commands go by RPDO; set via 'rpdo' or drop ttl_s")
     if via == "rpdo" and (var.index, var.subindex) not in rpdo:
         raise ProfileError(f"{path}.via 'rpdo': {ref_text(var)} is in no RPDO mapping of {eds}")
+    _check_factor(var, eds, f"{path}.od")
     limits = physical_limits(var)
     if limits is None:
         raise ProfileError(f"{path}.od {cmd.od!r}: {ref_text(var)} is not a number in {eds}")

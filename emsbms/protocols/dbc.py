@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -12,6 +12,7 @@ import can
 
 from emsbms.errors import CommandRejected, ProfileError
 from emsbms.profile.codec import CompiledMessage, Sampler, compile_message, compile_sampler
+from emsbms.profile.models import encodable_range
 from emsbms.protocols.base import (
     EMPTY,
     EXTENDED,
@@ -47,13 +48,23 @@ def _known(names: Iterable[str]) -> str:
 
 
 def check_signal_refs(
-    profile: Profile, ack_types: tuple[str, ...] = ("echo", "none"), extended_only: bool = False
+    profile: Profile,
+    ack_types: tuple[str, ...] = ("echo", "none"),
+    extended_only: bool = False,
+    first_invalid: Callable[[int], int] | None = None,
 ) -> None:
-    """Check that every message and signal a profile names exists in its database.
+    """Check that every message and signal a profile names exists in its database, and its numbers.
 
     `ack_types` are the acknowledgements the protocol knows; with `extended_only` every message
     must have a 29-bit ID (J1939). A command that only requests a PGN names no message.
+    `first_invalid(length)`, if given, is the lowest raw value of an unsigned signal that does not
+    carry a value (J1939: error and not-available codes); command limits stay below it.
     """
+    _check_refs(profile, ack_types, extended_only)
+    check_signal_numbers(profile, first_invalid)
+
+
+def _check_refs(profile: Profile, ack_types: tuple[str, ...], extended_only: bool) -> None:
     m = profile.model
     db = profile.db
     label = f"profile {m.name}"
@@ -101,6 +112,90 @@ def check_signal_refs(
                 f"{label}: commands.{name}.ack.type {cmd.ack.type!r} is not for protocol"
                 f" {m.protocol}; expected {', '.join(ack_types)}"
             )
+
+
+def _signal_text(msg: Any, sig: Any) -> str:
+    kind = "float" if sig.is_float else ("signed" if sig.is_signed else "unsigned")
+    return f"{msg.name}.{sig.name} ({sig.length}-bit {kind}, scale {sig.scale:g}, offset {sig.offset:g})"
+
+
+def signal_limits(sig: Any, first_invalid: Callable[[int], int] | None = None) -> tuple[float, float]:
+    """The physical values a cantools signal can be sent with: its raw range scaled, within its min/max."""
+    low, high = encodable_range(sig.length, sig.is_signed, sig.scale, sig.offset, sig.is_float)
+    if first_invalid is not None and not sig.is_signed and not sig.is_float:
+        top = min((1 << sig.length) - 1, first_invalid(sig.length) - 1) * sig.scale + sig.offset
+        low, high = min(sig.offset, top), max(sig.offset, top)
+    if sig.minimum is not None:
+        low = max(low, sig.minimum)
+    if sig.maximum is not None:
+        high = min(high, sig.maximum)
+    return low, high
+
+
+def check_signal_numbers(profile: Profile, first_invalid: Callable[[int], int] | None = None) -> None:
+    """Check the numbers of every signal the profile uses, and its limits against what the signal carries.
+
+    A used signal has a finite non-zero scale, a finite offset and a finite range; a channel's
+    correction keeps its values finite; a command's min, max and idle and a transmitted value lie
+    within what the signal can carry (raw bits, signedness, scale and offset, its DBC min/max).
+    """
+    m = profile.model
+    label = f"profile {m.name}"
+    src = f"source.dbc {m.source.dbc}" if m.source.dbc else "source.messages"
+    checked: set[tuple[str, str]] = set()
+
+    def signal(path: str, message: str, name: str) -> tuple[Any, Any]:
+        msg = profile.message(message)
+        sig = msg.get_signal_by_name(name)
+        if (message, name) in checked:
+            return msg, sig
+        checked.add((message, name))
+        bad = [f"{key} {value!r}" for key, value, ok in (
+            ("scale", sig.scale, math.isfinite(sig.scale) and sig.scale != 0),
+            ("offset", sig.offset, math.isfinite(sig.offset)),
+            ("minimum", sig.minimum, sig.minimum is None or math.isfinite(sig.minimum)),
+            ("maximum", sig.maximum, sig.maximum is None or math.isfinite(sig.maximum)),
+        ) if not ok]
+        if bad:
+            raise ProfileError(f"{label}: {path}: signal {message}.{name} of {src} has {', '.join(bad)};"
+                               " expected a finite non-zero scale and finite offset, minimum and maximum")
+        low, high = encodable_range(sig.length, sig.is_signed, sig.scale, sig.offset, sig.is_float)
+        if not (math.isfinite(low) and math.isfinite(high)):
+            raise ProfileError(f"{label}: {path}: signal {_signal_text(msg, sig)} of {src} overflows;"
+                               " expected its raw values times its scale plus its offset to be finite")
+        return msg, sig
+
+    def within(path: str, msg: Any, sig: Any, value: float, unit: str = "") -> None:
+        low, high = signal_limits(sig, first_invalid)
+        eps = abs(sig.scale) * 1e-6
+        if not low - eps <= value <= high + eps:
+            u = f" {unit}" if unit else ""
+            raise ProfileError(f"{label}: {path}: expected a number from {low:g} to {high:g}{u} (what"
+                               f" {_signal_text(msg, sig)} can carry); found {value:g}")
+
+    for name, ch in m.channels.items():
+        if ch.message is None or ch.signal is None:
+            continue
+        msg, sig = signal(f"channels.{name}", ch.message, ch.signal)
+        low, high = encodable_range(sig.length, sig.is_signed, sig.scale, sig.offset, sig.is_float)
+        ends = (low * ch.scale + ch.offset, high * ch.scale + ch.offset)
+        if not all(math.isfinite(v) for v in ends):
+            raise ProfileError(f"{label}: channels.{name}: scale {ch.scale:g} and offset {ch.offset:g} overflow"
+                               f" on {_signal_text(msg, sig)} ({low:g} to {high:g}); expected finite values")
+    for name, cmd in m.commands.items():
+        if cmd.message is None or cmd.signal is None:
+            continue
+        msg, sig = signal(f"commands.{name}", cmd.message, cmd.signal)
+        within(f"commands.{name}.min", msg, sig, cmd.min, cmd.unit)
+        within(f"commands.{name}.max", msg, sig, cmd.max, cmd.unit)
+        if cmd.idle is not None:
+            within(f"commands.{name}.idle", msg, sig, cmd.idle, cmd.unit)
+        if cmd.ack.message is not None and cmd.ack.signal is not None:
+            signal(f"commands.{name}.ack", cmd.ack.message, cmd.ack.signal)
+    for i, t in enumerate(m.transmit):
+        for sig_name, value in t.signals.items():
+            msg, sig = signal(f"transmit.{i}.signals.{sig_name}", t.message, sig_name)
+            within(f"transmit.{i}.signals.{sig_name}", msg, sig, value)
 
 
 @dataclass(slots=True)
@@ -386,18 +481,31 @@ class DbcAdapter(Adapter):
 
 
 def validate_command_value(device: str, name: str, cmd: Any, value: float) -> float:
-    """Check a command value against the profile's limits; raises CommandRejected."""
+    """Check a command value against the profile's limits; raises CommandRejected naming expected and found.
+
+    Anything that is not a finite number within min..max is refused here, for every protocol:
+    NaN, ±Infinity, strings, and integers too large for a float (10**400).
+    """
+    unit = f" {cmd.unit}" if cmd.unit else ""
+    expected = f"expected a finite number from {cmd.min:g} to {cmd.max:g}{unit}"
     try:
         number = float(value)
-    except (TypeError, ValueError):
-        raise CommandRejected(f"{device}/{name}: expected a number, found {value!r}") from None
+    except (TypeError, ValueError, OverflowError):
+        raise CommandRejected(f"{device}/{name}: {expected}, found {_found(value)}") from None
     if not math.isfinite(number):
-        raise CommandRejected(f"{device}/{name}: expected a finite number, found {value!r}")
+        raise CommandRejected(f"{device}/{name}: {expected}, found {_found(value)}")
     if cmd.type == "bool" and number not in (0.0, 1.0):
         raise CommandRejected(f"{device}/{name}: expected 0 or 1, found {value!r}")
-    unit = f" {cmd.unit}" if cmd.unit else ""
     if number < cmd.min:
         raise CommandRejected(f"{device}/{name} = {value}{unit} is below the minimum {cmd.min}{unit}")
     if number > cmd.max:
         raise CommandRejected(f"{device}/{name} = {value}{unit} is above the maximum {cmd.max}{unit}")
     return number
+
+
+def _found(value: object) -> str:
+    """A refused value, short: huge integers by their digits."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**20:
+        return f"an integer of {value.bit_length()} bits (about 10**{int(value.bit_length() * 0.30103)})"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

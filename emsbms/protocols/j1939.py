@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from emsbms.errors import CommandRejected, ConfigError, ProfileError
 from emsbms.profile.codec import CompiledMessage, compile_message
-from emsbms.profile.models import HexInt
+from emsbms.profile.models import HexInt, Millis, Seconds
 from emsbms.protocols.base import EMPTY, AckCheck, Adapter, CommandPlan, DeviceConfig, Output
 from emsbms.protocols.cyclic import CyclicSetpoints
 from emsbms.protocols.dbc import check_signal_refs, validate_command_value
@@ -98,8 +98,8 @@ class J1939Options(_Opts):
     simulator: SimulatorOptions = SimulatorOptions()
     match: dict[str, int] = Field(default_factory=dict, description="NAME fields a scan matches this profile by")
     dm1_alarms: dict[str, list[Dm1AlarmSource]] = Field(default_factory=dict)
-    dm1_period_ms: float | None = Field(1000, gt=0, description="DM1 supervision period (None: not supervised)")
-    request_interval_s: float = Field(60, gt=0, description="default re-request interval of on-request PGNs")
+    dm1_period_ms: Millis | None = Field(1000, description="DM1 supervision period (None: not supervised)")
+    request_interval_s: Seconds = Field(60, description="default re-request interval of on-request PGNs")
 
 
 class EdgeOptions(_Opts):
@@ -107,7 +107,7 @@ class EdgeOptions(_Opts):
 
     edge_name: HexInt = Field(DEFAULT_EDGE_NAME, ge=0, le=_NAME_MAX)
     edge_address: HexInt = Field(DEFAULT_EDGE_ADDRESS, ge=0, le=MAX_CLAIMABLE)
-    request_interval_s: float | None = Field(None, gt=0)
+    request_interval_s: Seconds | None = None
 
 
 def profile_options(profile: Profile) -> J1939Options:
@@ -120,13 +120,16 @@ def profile_options(profile: Profile) -> J1939Options:
 
 def _pydantic_text(root: str, err: ValidationError) -> str:
     return "; ".join(
-        f"{'.'.join([root, *(str(p) for p in e['loc'])])}: {e['msg']}" for e in err.errors()
+        f"{'.'.join([root, *(str(p) for p in e['loc'])])}: {e['msg']}"
+        + ("" if isinstance(e.get("input"), dict | list) else f"; found {e.get('input')!r}")
+        for e in err.errors()
     )
 
 
 def check_j1939_profile(profile: Profile) -> None:
     """Check a j1939 profile against its DBC: messages, signals, commands and options."""
-    check_signal_refs(profile, ack_types=("echo", "j1939_ack", "none"), extended_only=True)
+    check_signal_refs(profile, ack_types=("echo", "j1939_ack", "none"), extended_only=True,
+                      first_invalid=lambda length: j1939_limits(length)[0])
     label = f"profile {profile.model.name}"
     opts = profile_options(profile)
     for key in opts.match:
