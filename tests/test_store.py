@@ -18,13 +18,13 @@ def rows(path: Path, sql: str) -> list[tuple[object, ...]]:
 
 def test_samples_and_channels_are_written(tmp_path: Path) -> None:
     db = tmp_path / "run.db"
-    with RunLog(db, site="plant-1") as log:
+    with RunLog(db, site="plant-1", clock=lambda: 2_000_000) as log:
         log.declare([ChannelInfo("bms_0/Soc", "%", ChannelKind.MEASUREMENT, "state of charge", 0, 100)])
         log.record("bms_0/Soc", Reading(77.5, "%", 1_000_001, Quality.OK))
         log.record("bms_0/Voltage", Reading(51.23, "V", 1_000_002, Quality.STALE))
     assert rows(db, "SELECT address, value, unit, timestamp_us, quality FROM samples ORDER BY timestamp_us") == [
         ("bms_0/Soc", 77.5, "%", 1_000_001, "ok"),
-        ("bms_0/Voltage", 51.23, "V", 1_000_002, "stale"),
+        ("bms_0/Voltage", 51.23, "V", 2_000_000, "stale"),  # a stale row is dated by the log's clock
     ]
     assert rows(db, "SELECT * FROM channels") == [("bms_0/Soc", "bms_0", "%", "measurement", "state of charge", 0, 100)]
     (run,) = rows(db, "SELECT site, samples, dropped, stopped_us >= started_us FROM runs")

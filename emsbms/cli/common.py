@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import json
 import logging
+import math
 import signal
 import sys
 import threading
@@ -81,6 +83,23 @@ def state(ctx: Any) -> CliState:
 def err(message: str) -> None:
     """Print one line on stderr."""
     typer.echo(message, err=True)
+
+
+def finite(value: Any) -> Any:
+    """`value` with every NaN or infinite float (in lists, tuples and dicts too) replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value
+
+
+def json_text(doc: Any, indent: int | None = None) -> str:
+    """The JSON every ``--json`` prints: strict JSON, a NaN or infinite value as null (never the
+    ``NaN``/``Infinity`` tokens Python's json writes by default, which JSON parsers refuse)."""
+    return json.dumps(finite(doc), ensure_ascii=False, allow_nan=False, indent=indent)
 
 
 def one_line(error: BaseException) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -10,10 +11,29 @@ import typer
 
 from emsbms.cli.common import Duration, err, handle_errors, run_until, state, stop_signals
 from emsbms.edge import Edge
-from emsbms.edge.store import RunLog
+from emsbms.edge.store import DEFAULT_MAX_AGE_S, DEFAULT_MAX_BYTES, EdgeLock, Retention, RunLog
 from emsbms.edge.watch import ProfileWatcher
+from emsbms.errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86_400.0}
+
+
+def parse_age(text: str) -> float:
+    """`7d`, `12h`, `30m`, `90s` or plain seconds, as seconds (ConfigError otherwise)."""
+    found = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
+    if found is None or float(found[1]) <= 0:
+        raise ConfigError(f"--log-max-age: expected a duration above 0 such as 7d, 12h, 30m or 90s, found {text!r}")
+    return float(found[1]) * _UNITS[found[2] or "s"]
+
+
+def age_text(seconds: float) -> str:
+    """The largest unit that divides `seconds`: 604800 -> 7d, 5400 -> 90m."""
+    for unit in "dhm":
+        if seconds % _UNITS[unit] == 0:
+            return f"{seconds / _UNITS[unit]:g}{unit}"
+    return f"{seconds:g}s"
 
 
 @handle_errors
@@ -23,25 +43,43 @@ def command(
     db: Annotated[
         Path | None, typer.Option("--db", metavar="FILE", help="SQLite file (overrides the global --db)")
     ] = None,
+    log_max_age: Annotated[
+        str, typer.Option("--log-max-age", metavar="AGE", help="delete run log rows older than AGE (7d, 12h, 30m, 90s)")
+    ] = age_text(DEFAULT_MAX_AGE_S),
+    log_max_mb: Annotated[
+        float, typer.Option("--log-max-mb", metavar="MB", min=1.0, help="keep the run log within MB mebibytes")
+    ] = DEFAULT_MAX_BYTES / (1 << 20),
 ) -> None:
     """Run the edge without a display; every channel update goes to the SQLite run log.
 
+    One edge per database: a second `run` on the same file exits 2, naming the running one.
     Stops on Ctrl-C or SIGTERM (or after --duration), flushing the log before it exits.
     """
     path = db or state(ctx).db
-    site = state(ctx).load_site(db=path)
-    edge = Edge(site)
-    runlog = RunLog(path, site=site.name)
+    retention = Retention(max_age_s=parse_age(log_max_age), max_bytes=int(log_max_mb * (1 << 20)))
+    lock = EdgeLock.acquire(path)  # before the edge exists: a second edge never opens a bus
+    try:
+        site = state(ctx).load_site(db=path)
+        edge = Edge(site)
+        runlog = RunLog(path, site=site.name, retention=retention, lock=lock)
+        _run(edge, runlog, path, duration)
+    finally:
+        lock.release()
+    err(f"run: {runlog.written} samples written to {path}, {runlog.dropped} dropped, {runlog.lost} lost to"
+        f" write errors, {runlog.pruned} old rows deleted")
+
+
+def _run(edge: Edge, runlog: RunLog, path: Path, duration: float | None) -> None:
     watcher = ProfileWatcher(path, edge, on_activate=lambda _: runlog.declare(
         edge.registry.info(a) for a in edge.registry.addresses()))  # profiles imported while it runs
     try:
         runlog.declare(edge.registry.info(a) for a in edge.registry.addresses())
         subscription = edge.subscribe("*", runlog.record)
         with stop_signals() as stop, edge:
-            err(f"run: {len(site.devices)} devices on {len(site.buses)} buses; logging to {path}")
+            err(f"run: {len(edge.site.devices)} devices on {len(edge.site.buses)} buses; logging to {path}"
+                f" (kept {age_text(runlog.retention.max_age_s)}, {runlog.retention.max_bytes / (1 << 20):g} MiB)")
             run_until(stop, duration, tick=watcher.poll)
         subscription.cancel()
     finally:
         watcher.close()
         runlog.close()
-    err(f"run: {runlog.written} samples written to {path}, {runlog.dropped} dropped")
