@@ -37,8 +37,9 @@ def devices(path: Path) -> list[dict[str, object]]:
 def test_a_colliding_device_is_refused_and_nothing_is_stored(db: Path) -> None:
     r = invoke(db, "commission", "bms_1", "--bus", "can0", "--profile", "pylon-lv")
     assert r.exit_code == 2
-    assert r.stderr == ("error: cannot commission 'bms_1' on bus 'can0': [[device]] 'bms_1': frame 0x351 on bus"
-                        " 'can0' is already used by device 'bms_0'; put it on another bus or give it an id_offset\n")
+    assert r.stderr == (f"error: cannot commission 'bms_1' on bus 'can0': database {db}: [[device]] #2 'bms_1':"
+                        " key 'bus' expected IDs no other device on bus 'can0' uses, found frame 0x351 (received),"
+                        " already used by device 'bms_0' (received); put it on another bus or give it an id_offset\n")
     assert [d["name"] for d in devices(db)] == ["bms_0"]
 
 
@@ -61,7 +62,7 @@ def test_profiles_that_allow_shared_ids_may_share_a_bus(tmp_path: Path, db: Path
     r = invoke(db, "commission", "s_1", "--bus", "can1", "--profile", "shared-lv")
     assert r.exit_code == 0, r.output
     r = invoke(db, "commission", "p_1", "--bus", "can1", "--profile", "pylon-lv")  # pylon-lv does not allow it
-    assert r.exit_code == 2 and "frame 0x351 on bus 'can1' is already used by device 's_1'" in r.stderr
+    assert r.exit_code == 2 and "found frame 0x351 (received), already used by device 's_0'" in r.stderr
 
 
 def test_j1939_devices_with_the_same_name_are_refused(db: Path) -> None:
@@ -69,7 +70,9 @@ def test_j1939_devices_with_the_same_name_are_refused(db: Path) -> None:
     assert invoke(db, "commission", "hv_0", *args, "--name", NAME).exit_code == 0
     r = invoke(db, "commission", "hv_1", *args, "--name", NAME.lower())
     assert r.exit_code == 2
-    assert r.stderr == f"error: cannot commission 'hv_1' on bus 'can2': NAME {NAME} is already device 'hv_0'\n"
+    assert r.stderr == (f"error: cannot commission 'hv_1' on bus 'can2': database {db}: [[device]] #3 'hv_1': key"
+                        f" 'j1939_name' expected one no other device on bus 'can2' has, found {NAME}, already"
+                        " device 'hv_0'\n")
     assert invoke(db, "commission", "hv_1", *args, "--name", "0x9000A0005CA01F3B").exit_code == 0
     assert [d.get("j1939_name") for d in devices(db)][1:] == [NAME, "0x9000A0005CA01F3B"]
 
@@ -130,7 +133,7 @@ def test_library_commission_checks_before_storing(tmp_path: Path) -> None:
         assert done.new_bus and done.new_profile and done.profile.name == "acme-hv"
         again = commission(edge_db, DeviceConfig("b", "can0", "acme-hv", id_offset=0x40))
         assert not again.new_bus and not again.new_profile
-        with pytest.raises(ConfigError, match="frame 0x4A0 on bus 'can0' is already used by device 'a'"):
+        with pytest.raises(ConfigError, match=r"found frame 0x4A0 \(received\), already used by device 'a'"):
             commission(edge_db, DeviceConfig("c", "can0", "acme-hv", id_offset=0))
         assert [d.name for d in edge_db.site.devices()] == ["a", "b"]
     assert suggest_name("pylon-lv", ["pylon_lv", "pylon_lv_2"]) == "pylon_lv_3"

@@ -331,7 +331,7 @@ def test_a_bad_site_import_stores_nothing(tmp_path: Path) -> None:
     db = tmp_path / "e.db"
     r = invoke(db, "site", "import", str(site_file))
     assert r.exit_code == 2
-    assert "frame 0x351 on bus 'can0' is already used by device 'bms_0'" in r.stderr
+    assert "found frame 0x351 (received), already used by device 'bms_0'" in r.stderr
     with EdgeDb(db) as edge_db:
         assert edge_db.site.devices() == [] and edge_db.profiles.all() == []
 

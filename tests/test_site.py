@@ -79,15 +79,16 @@ def test_unknown_profile_names_the_device_and_key(tmp_path: Path) -> None:
 
 def test_colliding_ids_on_one_bus_are_refused(tmp_path: Path) -> None:
     text = GOOD + '\n[[device]]\nname = "bms_1"\nbus = "can0"\nprofile = "pylon-lv"\n'
-    with pytest.raises(ConfigError, match=r"'bms_1': frame 0x35\w on bus 'can0' is already used by device 'bms_0'"):
+    with pytest.raises(ConfigError, match=r"#2 'bms_1': key 'bus' expected IDs no other device on bus 'can0' uses,"
+                       r" found frame 0x351 \(received\), already used by device 'bms_0' \(received\)"):
         Edge.from_site(write(tmp_path, text))
 
 
 def test_id_offset_separates_identical_profiles(tmp_path: Path) -> None:
-    text = GOOD + '\n[[device]]\nname = "bms_1"\nbus = "can0"\nprofile = "pylon-lv"\nid_offset = 0x1000\n'
+    text = GOOD + '\n[[device]]\nname = "bms_1"\nbus = "can0"\nprofile = "pylon-lv"\nid_offset = 0x100\n'
     edge = Edge.from_site(write(tmp_path, text))
     assert 0x351 in set(edge.adapters["bms_0"].frame_keys())
-    assert 0x1351 in set(edge.adapters["bms_1"].frame_keys())
+    assert 0x451 in set(edge.adapters["bms_1"].frame_keys())
 
 
 def test_invalid_toml(tmp_path: Path) -> None:

@@ -1,10 +1,10 @@
 """Commissioning: store a device (and its bus and profile) in the edge database, refusing collisions.
 
-`commission` checks a new device as the edge would build it, beside the devices already on its
-bus: its profile resolves (stored, shipped or a file, which is then stored), its addressing fits
-its protocol, and its frames do not collide with another device's (the edge's own check,
-`emsbms.edge.build_adapters`, unless both profiles set ``allow_shared_ids``). J1939 devices are
-also refused when another device on the bus has the same NAME or source address.
+`commission` checks the site the database would hold with the new device (and its bus) exactly as
+a site file is checked (`emsbms.site`: `parse_site` for keys, types, python-can interfaces and
+physical channels, `build_adapters` for ID widths, colliding IDs and J1939 NAMEs and source
+addresses), so it refuses the same things with the same messages. Its profile resolves (stored,
+shipped or a file, which is then stored). Nothing is stored when a check fails.
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from emsbms.db import EdgeDb, replace_profile, split_ref
+from emsbms.db import EdgeDb, device_table, replace_profile, split_ref
 from emsbms.db.profiles import shipped_source
 from emsbms.errors import ConfigError
 from emsbms.profile.models import Profile
 from emsbms.protocols.base import DeviceConfig
-from emsbms.site import BusConfig, Site, build_adapters
+from emsbms.site import BusConfig, build_adapters, parse_site
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def commission(db: EdgeDb, device: DeviceConfig, bus: BusConfig | None = None, f
     assert the_bus is not None
     profile, label = _profile(db, device.profile)
     device = replace_profile(device, profile)
-    _check_collisions(db, device, profile, the_bus)
+    _check_site(db, device, profile, None if stored_bus is not None else the_bus)
     with db.transaction():
         new_profile = db.profiles.add([(label, profile)])[0].status == "stored"
         if stored_bus is None:
@@ -130,31 +130,17 @@ def _profile(db: EdgeDb, ref: str) -> tuple[Profile, str]:
     return profile, stored.source if stored is not None else shipped_source(profile.name)
 
 
-def _check_collisions(db: EdgeDb, device: DeviceConfig, profile: Profile, bus: BusConfig) -> None:
-    others = [d for d in db.site.devices() if d.bus == device.bus]
-    profiles = {d.name: db.profiles.resolve(d.profile) for d in others}
-    profiles[device.name] = profile
-    settings = db.site.settings()
-    extra = {k: v for k, v in settings.items() if k not in ("org", "name")}
-    site = Site(org="", name="", buses=[bus], devices=[*others, device], extra=extra)
+def _check_site(db: EdgeDb, device: DeviceConfig, profile: Profile, bus: BusConfig | None) -> None:
+    """The stored site with `device` (and `bus`, if it is new) passes every check a site file passes."""
+    tables = db.site.tables()
+    if bus is not None:
+        tables["bus"].append({"name": bus.name, "interface": bus.interface, "channel": bus.channel,
+                              "bitrate": bus.bitrate, **bus.options})
+    tables["device"].append(device_table(device))
     try:
+        site = parse_site(tables, f"database {db.path}")
+        profiles = {d.name: db.profiles.resolve(d.profile) for d in site.devices if d.name != device.name}
+        profiles[device.name] = profile
         build_adapters(site, profiles)
     except ConfigError as e:
-        text = str(e).removeprefix("<site>: ")
-        raise ConfigError(f"cannot commission {device.name!r} on bus {device.bus!r}: {text}") from e
-    if profile.protocol == "j1939":
-        _check_j1939(device, [d for d in others if profiles[d.name].protocol == "j1939"])
-
-
-def _check_j1939(device: DeviceConfig, others: list[DeviceConfig]) -> None:
-    for other in others:
-        same_name = device.j1939_name is not None and other.j1939_name is not None and (
-            int(device.j1939_name) == int(other.j1939_name))
-        same_address = (device.j1939_name is None and other.j1939_name is None
-                        and device.source_address is not None and other.source_address is not None
-                        and int(device.source_address) == int(other.source_address))
-        if same_name or same_address:
-            what = (f"NAME 0x{int(device.j1939_name or 0):016X}" if same_name
-                    else f"source address 0x{int(device.source_address or 0):02X}")
-            raise ConfigError(f"cannot commission {device.name!r} on bus {device.bus!r}: {what} is already"
-                              f" device {other.name!r}")
+        raise ConfigError(f"cannot commission {device.name!r} on bus {device.bus!r}: {e}") from e

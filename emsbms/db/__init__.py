@@ -93,13 +93,15 @@ class EdgeDb:
                     raise ConfigError(f"{site.path or self.path}: device {d.name!r}: key 'profile': {e}") from e
             profiles[d.name] = by_ref[d.profile]
         return StoredSite(org=site.org, name=site.name, buses=site.buses, devices=site.devices,
-                          path=None, extra=site.extra, profiles=profiles)
+                          path=None, extra=site.extra, profiles=profiles, source=site.source)
 
     def import_site(self, path: str | Path) -> tuple[Site, list[ImportResult]]:
         """Replace the stored site with a site TOML file, storing the profiles it uses.
 
-        Everything is validated first (site, profiles, colliding IDs); then one transaction
-        stores the profiles and the site. Devices refer to their profiles by name afterwards.
+        Everything is validated first, by the checks every site passes (`emsbms.site`: keys, types,
+        python-can interfaces and options, physical channels, ID widths and collisions, J1939 NAMEs
+        and addresses); then one transaction stores the profiles and the site. A refused file leaves
+        the stored site as it was. Devices refer to their profiles by name afterwards.
         """
         site = load_site(path)
         loaded = load_profiles(site)

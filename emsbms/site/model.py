@@ -1,8 +1,18 @@
-"""Site files: the TOML that names a site, its buses and its devices."""
+"""Site files: the TOML that names a site, its buses and its devices.
+
+`parse_site` checks everything a site file says on its own, before any profile is loaded: every
+key is known (with a "did you mean" for a typo) and has its type, in every table; each bus names a
+python-can interface this edge can load, with options that interface takes (`interfaces.py`); no
+two buses open the same physical channel. What needs the profiles (ID widths and collisions, J1939
+NAMEs and addresses) is checked when the adapters are built (`build.py`). Every refusal names the
+file, the table, the key, what was expected and what was found.
+"""
 
 from __future__ import annotations
 
+import difflib
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -10,6 +20,10 @@ from typing import Any
 from emsbms.can.config import BusConfig
 from emsbms.errors import ConfigError
 from emsbms.protocols.base import DeviceConfig
+from emsbms.site.interfaces import CORE_KEYS, InterfaceError, interface_options, interfaces, wire, wrapped_interface
+
+MAX_ID = 0x1FFFFFFF
+"""The largest 29-bit CAN ID; an id_offset beyond it cannot fit any frame."""
 
 
 @dataclass(frozen=True)
@@ -22,6 +36,11 @@ class Site:
     devices: list[DeviceConfig]
     path: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # protocol-wide tables, e.g. [j1939]
+    source: str = ""  # how errors name where the site came from (a file, the database)
+
+    @property
+    def label(self) -> str:
+        return self.source or str(self.path or "<site>")
 
     def bus(self, name: str) -> BusConfig:
         for b in self.buses:
@@ -30,75 +49,185 @@ class Site:
         raise ConfigError(f"no bus {name!r}; known: {', '.join(b.name for b in self.buses)}")
 
 
-_SITE_KEYS = {"org", "name"}
-_BUS_KEYS = {"name", "interface", "channel", "bitrate"}
-_DEVICE_KEYS = {
+_SITE_KEYS: dict[str, type | tuple[type, ...]] = {"org": str, "name": str}
+_DEVICE_KEYS: dict[str, type | tuple[type, ...]] = {
     "name": str, "bus": str, "profile": str, "id_offset": int, "node_id": int,
     "source_address": int, "j1939_name": int, "nmt_master": bool, "options": dict,
 }
-_TOP_KEYS = {"site", "bus", "device", "j1939", "canopen"}
+_TABLES = ("site", "bus", "device", "j1939", "canopen")
+PROTOCOL_TABLES = ("j1939", "canopen")
+"""Site-wide protocol tables; their keys are the protocol's device options."""
 
 
-def _need(where: str, table: dict[str, Any], key: str, kind: type) -> Any:
+def protocol_options(protocol: str) -> list[str]:
+    """The device options of a protocol (the keys of its site table and of a device's ``options``)."""
+    if protocol == "j1939":
+        from emsbms.protocols.j1939 import EdgeOptions
+
+        return list(EdgeOptions.model_fields)
+    if protocol == "canopen":
+        from emsbms.protocols.canopen_od import CanopenOptions
+
+        return list(CanopenOptions.model_fields)
+    return []
+
+
+def unknown_key(where: str, key: str, known: Iterable[str], what: str = "key") -> ConfigError:
+    """The refusal of an unknown key, with the closest known one (a typo) and the known ones."""
+    names = list(known)
+    close = difflib.get_close_matches(key, names, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return ConfigError(f"{where}: unknown {what} {key!r}{hint} (expected one of: {', '.join(names) or 'none'})")
+
+
+def _type_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join("table" if k is dict else k.__name__ for k in kinds)
+
+
+def _found(value: object) -> str:
+    kind = "table" if isinstance(value, dict) else "array" if isinstance(value, list) else type(value).__name__
+    return f"{kind} {value!r}"
+
+
+def _check_type(where: str, key: str, value: object, kind: type | tuple[type, ...]) -> None:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
+    if not ok:
+        raise ConfigError(f"{where}: key {key!r} expected {_type_name(kind)}, found {_found(value)}")
+
+
+def _need(where: str, table: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
     if key not in table:
-        raise ConfigError(f"{where}: missing key {key!r}")
-    value = table[key]
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ConfigError(
-            f"{where}: key {key!r} expected {kind.__name__}, found {type(value).__name__} {value!r}"
-        )
+        raise ConfigError(f"{where}: missing key {key!r} (expected {_type_name(kind)})")
+    _check_type(where, key, table[key], kind)
+    return table[key]
+
+
+def _table(source: str, data: dict[str, Any], name: str) -> dict[str, Any]:
+    value = data.get(name, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"{source}: [{name}] expected a table, found {_found(value)}")
     return value
+
+
+def _tables(source: str, data: dict[str, Any], name: str) -> list[dict[str, Any]]:
+    value = data.get(name, [])
+    if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
+        raise ConfigError(f"{source}: [[{name}]] expected an array of tables, found {_found(value)}")
+    return value
+
+
+def _where(source: str, kind: str, i: int, table: dict[str, Any]) -> str:
+    name = table.get("name")
+    return f"{source}: [[{kind}]] #{i + 1}" + (f" {name!r}" if isinstance(name, str) else "")
+
+
+def parse_bus(where: str, b: dict[str, Any]) -> BusConfig:
+    """One `[[bus]]`: its keys, their types, and a python-can interface that takes its options."""
+    name = _need(where, b, "name", str)
+    interface = _need(where, b, "interface", str)
+    channel = b.get("channel", name)
+    _check_type(where, "channel", channel, (str, int))
+    bitrate = b.get("bitrate", 500_000)
+    if not isinstance(bitrate, int) or isinstance(bitrate, bool) or bitrate <= 0:
+        raise ConfigError(f"{where}: key 'bitrate' expected a positive int, found {_found(bitrate)}")
+    options = {k: v for k, v in b.items() if k not in CORE_KEYS}
+    known = _interface_options(where, "interface", interface)
+    inner = known.get("inner_interface")
+    if inner is not None:
+        _check_type(where, "inner_interface", options.get("inner_interface", inner.default), str)
+        known = {**_interface_options(where, "inner_interface", wrapped_interface(interface, options) or ""), **known}
+    for key, value in options.items():
+        option = known.get(key)
+        if option is None:
+            raise unknown_key(where, key, [*CORE_KEYS, *known])
+        if not option.fits(value):
+            raise ConfigError(f"{where}: key {key!r} expected {option.expected}, found {_found(value)}")
+    port = options.get("port")
+    if isinstance(port, int) and not 0 < port < 65535:  # as python-can refuses it when the bus opens
+        raise ConfigError(f"{where}: key 'port' expected 1..65534, found {port}")
+    return BusConfig(name, interface, str(channel), bitrate, options)
+
+
+def _interface_options(where: str, key: str, interface: str) -> dict[str, Any]:
+    try:
+        return interface_options(interface)
+    except InterfaceError as e:
+        names = interfaces()
+        close = difflib.get_close_matches(interface, names, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        if interface in names:  # known to python-can, but its module does not load here
+            raise ConfigError(f"{where}: key {key!r} expected an interface this edge can load, found"
+                              f" {interface!r}: {e}") from None
+        raise ConfigError(f"{where}: key {key!r} expected a python-can interface ({', '.join(names)}),"
+                          f" found {interface!r}{hint}") from None
+
+
+def parse_device(where: str, d: dict[str, Any], bus_names: list[str]) -> DeviceConfig:
+    """One `[[device]]`: its keys and their types, a defined bus, an id_offset that fits a CAN ID."""
+    for key in d:
+        if key not in _DEVICE_KEYS:
+            raise unknown_key(where, key, _DEVICE_KEYS)
+    for key in ("name", "bus", "profile"):
+        _need(where, d, key, str)
+    values = {key: _need(where, d, key, kind) for key, kind in _DEVICE_KEYS.items() if key in d}
+    if "/" in values["name"]:
+        raise ConfigError(f"{where}: key 'name': {values['name']!r} must not contain '/'")
+    if values["bus"] not in bus_names:
+        raise ConfigError(
+            f"{where}: key 'bus': {values['bus']!r} is not a defined bus; known: {', '.join(bus_names) or 'none'}"
+        )
+    offset = values.get("id_offset", 0)
+    if not -MAX_ID <= offset <= MAX_ID:
+        raise ConfigError(f"{where}: key 'id_offset' expected -0x{MAX_ID:X}..0x{MAX_ID:X}, found {_hex(offset)}")
+    return DeviceConfig(**values)
+
+
+def _hex(value: int) -> str:
+    return f"-0x{-value:X}" if value < 0 else f"0x{value:X}"
 
 
 def parse_site(data: dict[str, Any], source: str = "<site>", path: Path | None = None) -> Site:
     """Validate a parsed site document; every error names the file, the table and the key."""
     for key in data:
-        if key not in _TOP_KEYS:
-            raise ConfigError(
-                f"{source}: unknown table {key!r}; expected one of {', '.join(sorted(_TOP_KEYS))}"
-            )
-    site = data.get("site", {})
-    if not isinstance(site, dict):
-        raise ConfigError(f"{source}: [site] must be a table")
-    for key in site:
+        if key not in _TABLES:
+            raise unknown_key(source, key, _TABLES, "table")
+    site = _table(source, data, "site")
+    for key, value in site.items():
         if key not in _SITE_KEYS:
-            raise ConfigError(f"{source}: [site]: unknown key {key!r}; expected org, name")
+            raise unknown_key(f"{source}: [site]", key, _SITE_KEYS)
+        _check_type(f"{source}: [site]", key, value, _SITE_KEYS[key])
+    extra: dict[str, Any] = {}
+    for protocol in PROTOCOL_TABLES:
+        if protocol in data:
+            table = _table(source, data, protocol)
+            known = protocol_options(protocol)
+            for key in table:
+                if key not in known:
+                    raise unknown_key(f"{source}: [{protocol}]", key, known)
+            extra[protocol] = table
     buses: list[BusConfig] = []
-    for i, b in enumerate(data.get("bus", [])):
-        where = f"{source}: [[bus]] #{i + 1}" + (f" {b.get('name')!r}" if "name" in b else "")
-        name = _need(where, b, "name", str)
-        interface = _need(where, b, "interface", str)
-        channel = b.get("channel", name)
-        bitrate = b.get("bitrate", 500_000)
-        if not isinstance(bitrate, int) or isinstance(bitrate, bool) or bitrate <= 0:
-            raise ConfigError(f"{where}: key 'bitrate' expected a positive int, found {bitrate!r}")
-        if any(x.name == name for x in buses):
-            raise ConfigError(f"{where}: key 'name': duplicate bus name {name!r}")
-        options = {k: v for k, v in b.items() if k not in _BUS_KEYS}
-        buses.append(BusConfig(name, interface, str(channel), bitrate, options))
+    wires: dict[str, str] = {}
+    for i, b in enumerate(_tables(source, data, "bus")):
+        where = _where(source, "bus", i, b)
+        bus = parse_bus(where, b)
+        if any(x.name == bus.name for x in buses):
+            raise ConfigError(f"{where}: key 'name': duplicate bus name {bus.name!r}")
+        _, channel, key = wire(bus)
+        if channel in wires:
+            raise ConfigError(f"{where}: key {key!r} expected a physical channel no other bus opens, found"
+                              f" {channel}, already opened by {wires[channel]}")
+        wires[channel] = f"[[bus]] #{i + 1} {bus.name!r}"
+        buses.append(bus)
     bus_names = [b.name for b in buses]
     devices: list[DeviceConfig] = []
-    for i, d in enumerate(data.get("device", [])):
-        where = f"{source}: [[device]] #{i + 1}" + (f" {d.get('name')!r}" if "name" in d else "")
-        for key in d:
-            if key not in _DEVICE_KEYS:
-                raise ConfigError(
-                    f"{where}: unknown key {key!r}; expected one of {', '.join(_DEVICE_KEYS)}"
-                )
-        values = {key: _need(where, d, key, kind) for key, kind in _DEVICE_KEYS.items() if key in d}
-        for key in ("name", "bus", "profile"):
-            _need(where, d, key, str)
-        if "/" in values["name"]:
-            raise ConfigError(f"{where}: key 'name': {values['name']!r} must not contain '/'")
-        if values["name"] in bus_names or any(x.name == values["name"] for x in devices):
-            raise ConfigError(f"{where}: key 'name': duplicate name {values['name']!r}")
-        if values["bus"] not in bus_names:
-            raise ConfigError(
-                f"{where}: key 'bus': {values['bus']!r} is not a defined bus;"
-                f" known: {', '.join(bus_names) or 'none'}"
-            )
-        devices.append(DeviceConfig(**values))
-    extra = {k: v for k, v in data.items() if k not in {"site", "bus", "device"}}
+    for i, d in enumerate(_tables(source, data, "device")):
+        where = _where(source, "device", i, d)
+        device = parse_device(where, d, bus_names)
+        if device.name in bus_names or any(x.name == device.name for x in devices):
+            raise ConfigError(f"{where}: key 'name': duplicate name {device.name!r}")
+        devices.append(device)
     return Site(
         org=str(site.get("org", "")),
         name=str(site.get("name", path.stem if path else "site")),
@@ -106,6 +235,7 @@ def parse_site(data: dict[str, Any], source: str = "<site>", path: Path | None =
         devices=devices,
         path=path,
         extra=extra,
+        source=source,
     )
 
 
