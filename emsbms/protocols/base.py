@@ -40,6 +40,15 @@ class Output(NamedTuple):
 
 EMPTY = Output()
 
+
+class SentFrame(NamedTuple):
+    """A frame the edge sends to one device: its dispatch key (id_offset applied) and what it is."""
+
+    key: int
+    name: str  # the message, e.g. "EMS_Setpoints", or the service, e.g. "SDO request"
+    command: bool  # carries a command for this device alone: its ID is never shared, whatever the profile says
+
+
 AckCheck = Callable[[can.Message], "tuple[CommandStatus, str] | None"]
 """Looks at a received frame of the device's bus; returns (status, detail) once it decides."""
 
@@ -112,6 +121,15 @@ class Adapter(ABC):
     @abstractmethod
     def frame_keys(self) -> Iterable[int]:
         """Dispatch keys (see frame_key) of the frames this device sends."""
+
+    def sent_frames(self) -> Iterable[SentFrame]:
+        """The frames the edge sends to this device (commands, keepalives, cyclic setpoints), with
+        `id_offset` applied, so that the site can check their IDs fit and no other device uses them.
+
+        Frames addressed by their data rather than their ID (a CANopen NMT command, a J1939 PGN sent
+        from the edge's own address) are left out. The default: the edge sends this device nothing.
+        """
+        return ()
 
     def start(self, now_us: int) -> Output:
         """Called once when the edge starts; may return frames (e.g. NMT start, requests)."""

@@ -25,10 +25,20 @@ from canopen.sdo.client import SdoClient
 from canopen.sdo.exceptions import SdoAbortedError, SdoCommunicationError
 
 from emsbms.errors import CommandRejected, ConfigError, EmsbmsError, ReadTimeout, UnknownAddressError
-from emsbms.protocols.base import EMPTY, Adapter, AdapterIO, CommandPlan, DeviceConfig, Output, frame_key
+from emsbms.protocols.base import (
+    EMPTY,
+    Adapter,
+    AdapterIO,
+    CommandPlan,
+    DeviceConfig,
+    Output,
+    SentFrame,
+    frame_key,
+)
 from emsbms.protocols.canopen_codes import (
     COB_EMCY,
     COB_HEARTBEAT,
+    COB_SDO_RX,
     COB_SDO_TX,
     COB_TPDO,
     NMT_START,
@@ -268,6 +278,12 @@ class CanopenAdapter(Adapter):
 
     def frame_keys(self) -> Iterable[int]:
         return set(self._static) | set(self._routes)
+
+    def sent_frames(self) -> Iterable[SentFrame]:
+        yield SentFrame(self._key(COB_SDO_RX + self.node_id), "SDO request", True)
+        for m in _maps(self._rpdo):
+            if m.enabled and m.cob_id is not None:
+                yield SentFrame(self._key(m.cob_id), f"RPDO 0x{m.cob_id:X}", True)
 
     @property
     def comm_state(self) -> CommState:

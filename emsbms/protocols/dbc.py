@@ -20,6 +20,7 @@ from emsbms.protocols.base import (
     CommandPlan,
     DeviceConfig,
     Output,
+    SentFrame,
     frame_key,
 )
 from emsbms.protocols.cyclic import CyclicSetpoints
@@ -314,6 +315,14 @@ class DbcAdapter(Adapter):
         route = self._routes.get(aid | EXTENDED if msg.is_extended_id else aid)
         if route is None:
             return None
+    def sent_frames(self) -> Iterable[SentFrame]:
+        m = self.profile.model
+        commands = {c.message for c in m.commands.values()}
+        for name in dict.fromkeys([*commands, *(t.message for t in m.transmit)]):
+            if name is not None:
+                msg = self.profile.message(name)
+                yield SentFrame(frame_key(msg.frame_id + self.offset, msg.is_extended_frame), name, name in commands)
+
         if msg.is_remote_frame:
             return Output(error=f"{self.device.name}: remote frame for {route.compiled.name}")
         data: bytes | bytearray = msg.data

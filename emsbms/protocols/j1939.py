@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from emsbms.errors import CommandRejected, ConfigError, ProfileError
 from emsbms.profile.codec import CompiledMessage, compile_message
 from emsbms.profile.models import HexInt, Millis, Seconds
-from emsbms.protocols.base import EMPTY, AckCheck, Adapter, CommandPlan, DeviceConfig, Output
+from emsbms.protocols.base import EMPTY, AckCheck, Adapter, CommandPlan, DeviceConfig, Output, SentFrame
 from emsbms.protocols.cyclic import CyclicSetpoints
 from emsbms.protocols.dbc import check_signal_refs, validate_command_value
 from emsbms.protocols.j1939_commands import PendingCommands, ack_check
@@ -383,6 +383,9 @@ class J1939Adapter(Adapter):
 
     def frame_keys(self) -> Iterable[int]:
         return ()  # J1939 frames are matched by PGN and source address, not by exact ID
+
+    def sent_frames(self) -> Iterable[SentFrame]:
+        return ()  # sent from the edge's own claimed address; the site checks NAMEs and addresses instead
 
     @property
     def comm_state(self) -> CommState:
