@@ -224,7 +224,8 @@ class BusRunner:
                 if is_bad_data(e) and bad_in_a_row < MAX_BAD_IN_A_ROW:
                     bad_in_a_row += 1
                     self.rx_errors += 1
-                    self.last_rx_error = f"received data skipped: {e} ({type(e.__cause__).__name__}: {e.__cause__})"
+                    cause = f"{type(e.__cause__).__name__}: {e.__cause__}"
+                    self.last_rx_error = f"received data skipped: {e} ({cause[:80]})"
                     continue
                 bad_in_a_row = 0
                 self._fail(e)

@@ -1,8 +1,9 @@
 """Fuzzing: random frames through every shipped profile's adapter and the registry, with counts.
 
 ``emsbms fuzz --frames 1000000`` runs it long; the test suite runs it short. Invariants checked:
-no exception escapes the receive path, every frame is accounted for (decoded, bad, unknown, error,
-or a protocol frame the adapter consumed), and no device channel is updated by a malformed frame.
+no adapter raises (the dispatcher catches and counts what one raises, and the report lists it),
+every frame is accounted for (decoded, bad, unknown, error, or a protocol frame the adapter
+consumed), and no device channel is updated by a malformed frame.
 """
 
 from __future__ import annotations
@@ -42,7 +43,11 @@ class FuzzReport:
     counted_unknown: int = 0
     counted_ok: int = 0
     measurement_updates: int = 0
+    adapter_exceptions: int = 0
+    """Exceptions the dispatchers caught from adapters (on_frame, tick): each one is a finding."""
     exceptions: list[str] = field(default_factory=list)
+    """What raised: "<device>.<method>: <type> (<n>x)" per kind the dispatchers caught, and any
+    exception that escaped a dispatcher."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -125,4 +130,6 @@ def run(frames: int = 10_000, seed: int = 0, batch: int = 256) -> FuzzReport:
         report.counted_bad += d.bad_frames
         report.counted_unknown += d.unknown_ids
         report.counted_ok += d.frames_ok
+        report.adapter_exceptions += d.adapter_errors
+        report.exceptions.extend(f"{kind} ({n}x)" for kind, n in d.caught.items())
     return report
