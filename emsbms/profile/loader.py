@@ -63,19 +63,25 @@ def _locate(kind: str, ref: str, profile_path: Path | None) -> Path:
     real_roots = [r.resolve() for r in roots]
     ref_path = Path(ref)
     candidates = [r / ref_path for r in roots]
-    inside = [c for c in candidates if any(c.resolve().is_relative_to(r) for r in real_roots)]
-    if not inside:
-        raise ProfileError(
-            f"source.{kind} {ref!r}: expected a file inside {', '.join(map(str, real_roots))};"
-            f" found a path outside them ({candidates[0].resolve()})"
-        )
     if ref_path.name != ref:  # the shipped file of the same name, e.g. for a profile kept elsewhere
-        inside.append(roots[-1] / ref_path.name)
-    looked = list(dict.fromkeys(inside))
-    for c in looked:
+        candidates.append(roots[-1] / ref_path.name)
+    looked = []
+    for c in dict.fromkeys(candidates):
+        real = c.resolve()
+        inside = any(real.is_relative_to(r) for r in real_roots)
+        if inside:
+            looked.append(c)
         if c.is_file():
+            if not inside:
+                break
             return c
-    raise ProfileError(f"source.{kind} {ref!r} not found; looked in {', '.join(map(str, looked))}")
+    else:
+        if looked:
+            raise ProfileError(f"source.{kind} {ref!r} not found; looked in {', '.join(map(str, looked))}")
+    raise ProfileError(
+        f"source.{kind} {ref!r}: expected a file inside {', '.join(map(str, real_roots))};"
+        f" found a path outside them ({real})"
+    )
 
 
 def _materialize(kind: str, text: str) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -133,6 +134,18 @@ def signal_limits(sig: Any, first_invalid: Callable[[int], int] | None = None) -
     return low, high
 
 
+def _raw_fits(sig: Any, value: float) -> bool:
+    """Whether `value` becomes a raw value the signal's bits hold, computed as cantools encodes it."""
+    if sig.is_float:
+        return True
+    try:
+        raw = sig.conversion.numeric_scaled_to_raw(value)
+    except (OverflowError, ValueError):
+        return False
+    low = -(1 << (sig.length - 1)) if sig.is_signed else 0
+    return bool(low <= raw <= low + (1 << sig.length) - 1)
+
+
 def check_signal_numbers(profile: Profile, first_invalid: Callable[[int], int] | None = None) -> None:
     """Check the numbers of every signal the profile uses, and its limits against what the signal carries.
 
@@ -169,7 +182,7 @@ def check_signal_numbers(profile: Profile, first_invalid: Callable[[int], int] |
     def within(path: str, msg: Any, sig: Any, value: float, unit: str = "") -> None:
         low, high = signal_limits(sig, first_invalid)
         eps = abs(sig.scale) * 1e-6
-        if not low - eps <= value <= high + eps:
+        if not low - eps <= value <= high + eps or not _raw_fits(sig, value):
             u = f" {unit}" if unit else ""
             raise ProfileError(f"{label}: {path}: expected a number from {low:g} to {high:g}{u} (what"
                                f" {_signal_text(msg, sig)} can carry); found {value:g}")
@@ -498,6 +511,8 @@ def validate_command_value(device: str, name: str, cmd: Any, value: float) -> fl
     unit = f" {cmd.unit}" if cmd.unit else ""
     expected = f"expected a finite number from {cmd.min:g} to {cmd.max:g}{unit}"
     try:
+        if not isinstance(value, numbers.Real):
+            raise TypeError(value)
         number = float(value)
     except (TypeError, ValueError, OverflowError):
         raise CommandRejected(f"{device}/{name}: {expected}, found {_found(value)}") from None
