@@ -119,8 +119,7 @@ def test_an_unknown_device_option_is_refused_after_its_profile_is_known(tmp_path
 # -- types -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("old", "new", "message"), [
-    ('bus = "can0"\nprofile = "acme-hv"', 'bus = 5\nprofile = "acme-hv"',
-     "[[device]] #1 'hv_0': key 'bus' expected str, found int 5"),
+    ('channel = "safe-t-0"', 'channel = 1.5', "[[bus]] #1 'can0': key 'channel' expected str or int, found float 1.5"),
     ('org = "acme"', 'org = 7', "[site]: key 'org' expected str, found int 7"),
 ])
 def test_a_value_of_the_wrong_type_is_refused(tmp_path: Path, old: str, new: str, message: str) -> None:
