@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
 import typer
 
-from emsbms.cli.common import handle_errors, state
+from emsbms.cli.common import handle_errors, json_text, state
 from emsbms.commissioning.commission import addressing, decommission
 from emsbms.db import EdgeDb
 from emsbms.errors import ConfigError, EmsbmsError
@@ -37,7 +36,7 @@ def list_(
                 rows.append({"name": d.name, "bus": d.bus, "interface": b.interface, "channel": b.channel,
                              "profile": d.profile, "version": version, **addressing(d), "found_by": found[d.name]})
     if as_json:
-        typer.echo(json.dumps(rows, ensure_ascii=False))
+        typer.echo(json_text(rows))
         return
     if not rows:
         typer.echo(f"no devices commissioned in {state(ctx).db}")

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from typing import Annotated
 
 import typer
 
-from emsbms.cli.common import ExitCode, err, handle_errors, state
+from emsbms.cli.common import ExitCode, err, handle_errors, json_text, state
 from emsbms.diag.fuzz import run
 
 
@@ -38,7 +37,7 @@ def command(
     counted = report.counted_ok + report.counted_bad + report.counted_unknown + report.counted_error_frames
     doc = {**report.as_dict(), "seconds": round(elapsed, 3), "frames_per_s": round(frames / elapsed)}
     if as_json:
-        typer.echo(json.dumps(doc))
+        typer.echo(json_text(doc))
     else:
         for key, value in doc.items():
             if key != "exceptions":

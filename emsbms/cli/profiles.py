@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from emsbms.cli.common import handle_errors, state
+from emsbms.cli.common import handle_errors, json_text, state
 from emsbms.db import EdgeDb, version_key
 from emsbms.db.diff import diff as diff_profiles
 from emsbms.db.profiles import StoredProfile, document_of
@@ -67,7 +67,7 @@ def list_(
                      "imported_us": stored.imported_us}
     ordered = [rows[k] for k in sorted(rows, key=lambda k: (k[0], version_key(k[1])))]
     if as_json:
-        typer.echo(json.dumps(ordered, ensure_ascii=False, indent=2))
+        typer.echo(json_text(ordered, indent=2))
         return
     for r in ordered:
         origin = "+".join(r["origin"])
@@ -128,7 +128,7 @@ def show(
     m = profile.model
     if as_json:
         typer.echo(
-            json.dumps(m.model_dump(mode="json", by_alias=True, exclude_none=True), ensure_ascii=False, indent=2)
+            json_text(m.model_dump(mode="json", by_alias=True, exclude_none=True), indent=2)
         )
         return
     source = m.source.dbc or m.source.eds or "inline messages"
@@ -179,7 +179,7 @@ def import_(
     with EdgeDb(state(ctx).db) as db:
         results = db.profiles.import_paths(paths)
     if as_json:
-        typer.echo(json.dumps([r.__dict__ for r in results], ensure_ascii=False))
+        typer.echo(json_text([r.__dict__ for r in results]))
         return
     for r in results:
         typer.echo(f"{r.status:<9} {r.name} {r.version}  from {r.source}")
@@ -221,7 +221,7 @@ def diff(
     new, _ = resolve(ctx, name, v2)
     changes = diff_profiles(old, new)
     if as_json:
-        typer.echo(json.dumps([c.as_dict() for c in changes], ensure_ascii=False))
+        typer.echo(json_text([c.as_dict() for c in changes]))
         return
     typer.echo(f"{name} {old.version} -> {new.version}: {len(changes)} change(s)")
     for c in changes:

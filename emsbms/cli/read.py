@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Annotated
 
 import typer
 
-from emsbms.cli.common import ExitCode, err, handle_errors, state
+from emsbms.cli.common import ExitCode, err, handle_errors, json_text, state
 from emsbms.edge import Edge
 from emsbms.edge.dispatch import now_us
 from emsbms.errors import ReadTimeout
@@ -57,7 +56,7 @@ def command(
 def _print(addresses: list[str], got: dict[str, Reading], as_json: bool) -> None:
     if as_json:
         doc = {a: (got[a].as_dict() if a in got else None) for a in addresses}
-        typer.echo(json.dumps(doc, ensure_ascii=False))
+        typer.echo(json_text(doc))
         return
     width = max(len(a) for a in addresses)
     for a in dict.fromkeys(addresses):

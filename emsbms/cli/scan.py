@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any
@@ -12,7 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from emsbms.cli.commission import Bitrate, Channel, Interface, given_bus
-from emsbms.cli.common import CliState, ExitCode, err, handle_errors, state
+from emsbms.cli.common import CliState, ExitCode, err, handle_errors, json_text, state
 from emsbms.commissioning.commission import commission, suggest_name
 from emsbms.commissioning.passive import HIGH_CONFIDENCE
 from emsbms.commissioning.scan import BusScan, Candidate, Method, catalog, scan
@@ -72,7 +71,7 @@ def command(
         if db is not None:
             db.close()
     if as_json:
-        typer.echo(json.dumps(doc, ensure_ascii=False))
+        typer.echo(json_text(doc))
     failed = [r for r in results if r.error]
     for r in failed:
         err(f"error: bus {r.bus.name}: {r.error}")

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Annotated
 
 import typer
 
-from emsbms.cli.common import ExitCode, handle_errors, state
+from emsbms.cli.common import ExitCode, handle_errors, json_text, state
 from emsbms.edge import Edge
 from emsbms.errors import UnknownAddressError
 from emsbms.types import ChannelKind, CommandStatus, CommState
@@ -81,7 +80,7 @@ def command(
         wait_for_device(edge, address.split("/", 1)[0], timeout)
         result = edge.write(address, number, timeout)
     if as_json:
-        typer.echo(json.dumps(result.as_dict(), ensure_ascii=False))
+        typer.echo(json_text(result.as_dict()))
     else:
         status, detail = result.status.value, result.detail or address
         typer.echo(detail if detail.startswith(status) else f"{status}: {detail}")

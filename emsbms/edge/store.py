@@ -94,6 +94,8 @@ DEFAULT_MAX_AGE_S = 7 * DAY_S
 """Rows older than this are deleted (see docs/performance.md, "Run log", for why 7 days)."""
 DEFAULT_MAX_BYTES = 1 << 30
 """The run log's pages take at most this much (1 GiB)."""
+DEFAULT_MIN_FREE_BYTES = 64 << 20
+"""The run log shrinks rather than leave less than this free on its file system (64 MiB)."""
 
 
 def now_us() -> int:
@@ -174,7 +176,9 @@ class EdgeLock:
 
 @dataclass(frozen=True)
 class Retention:
-    """How much run log to keep: rows younger than `max_age_s`, pages up to `max_bytes`.
+    """How much run log to keep: rows younger than `max_age_s`, pages up to `max_bytes`, and
+    less when the file system has under `min_free_bytes` free (the log then stops growing: its
+    oldest rows give their pages to the newest).
 
     Checked every `every_s` seconds by the writer; rows are deleted `batch` at a time, each batch
     in its own transaction, so inserts never wait long behind a prune.
@@ -182,6 +186,7 @@ class Retention:
 
     max_age_s: float = DEFAULT_MAX_AGE_S
     max_bytes: int = DEFAULT_MAX_BYTES
+    min_free_bytes: int = DEFAULT_MIN_FREE_BYTES
     every_s: float = 10.0
     batch: int = 20_000
 
@@ -239,9 +244,13 @@ def mark(conn: sqlite3.Connection, now: int) -> None:
                  " WHERE (SELECT max(rowid) FROM samples) IS NOT NULL", [now])
 
 
-def prune(conn: sqlite3.Connection, keep: Retention, now: int, max_batches: int = 50) -> int:
+def prune(conn: sqlite3.Connection, keep: Retention, now: int, room: int | None = None, max_batches: int = 50) -> int:
     """Delete the rows that arrived before the age limit, then the oldest until the size limit
-    holds; returns the rows deleted. At most `max_batches` transactions per call (the next goes on)."""
+    holds; returns the rows deleted. At most `max_batches` transactions per call.
+
+    With only `room` bytes free on the file system, under `keep.min_free_bytes`, the file must not
+    grow: rows are deleted until it holds the shortfall in free pages, which the next rows reuse.
+    """
     deleted = 0
     batches = 0
     cutoff = now - int(keep.max_age_s * 1e6)
@@ -252,10 +261,13 @@ def prune(conn: sqlite3.Connection, keep: Retention, now: int, max_batches: int 
         batches += 1
         if n < keep.batch:
             break
-    target = keep.max_bytes * 9 // 10
     p = pages(conn)
-    over = p.used_bytes > keep.max_bytes
-    while over and p.used_bytes > target and batches < max_batches:  # by size, down to 90 %
+    limit = keep.max_bytes
+    target = keep.max_bytes * 9 // 10  # down to 90 %: not a prune at every check
+    if room is not None and room < keep.min_free_bytes:  # stop growing: free pages in the file for new rows
+        limit = target = min(target, p.count * p.size - (keep.min_free_bytes - room))
+    over = p.used_bytes > limit
+    while over and p.used_bytes > target and batches < max_batches:  # by size
         rows = _row_span(conn)
         if rows == 0:
             break
@@ -264,7 +276,8 @@ def prune(conn: sqlite3.Connection, keep: Retention, now: int, max_batches: int 
         batches += 1
         p = pages(conn)
     if _incremental(conn) and p.free_bytes > keep.max_bytes // 4:
-        conn.execute(f"PRAGMA incremental_vacuum({min(p.free, 2048)})").fetchall()
+        # executescript steps it to the end (execute frees one page per call)
+        conn.executescript(f"PRAGMA incremental_vacuum({min(p.free, 2048)});")
     return deleted
 
 
@@ -475,7 +488,7 @@ class RunLog:
         with self._db_lock:
             try:
                 now = self.clock()
-                n = prune(self.conn, self.retention, now)
+                n = prune(self.conn, self.retention, now, self._room())
                 self._in_transaction(lambda: self._checkpoint(now))
             except sqlite3.Error as e:
                 log.debug("run log %s: prune failed: %s", self.path, e)
@@ -484,6 +497,14 @@ class RunLog:
         if n:
             log.info("run log %s: deleted %d old rows", self.path, n)
         return n
+
+    def _room(self) -> int | None:
+        """Bytes free on the run log's file system (for an unprivileged writer), None if unknown."""
+        try:
+            st = os.statvfs(self.path.resolve().parent)
+        except OSError:
+            return None
+        return st.f_bavail * st.f_frsize
 
     def _checkpoint(self, now: int) -> None:
         """One small transaction per retention check: the arrival mark and the run's counters."""
