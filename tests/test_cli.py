@@ -345,8 +345,9 @@ def test_bus_that_cannot_open_exits_2(tmp_path: Path) -> None:
         "device": [{"name": "bms_0", "bus": "can0", "profile": "pylon-lv"}],
     })
     r = invoke("--site", str(path), "read", "bms_0/Soc", "--timeout", "0.1")
-    assert r.exit_code == 2
-    assert r.stderr.startswith("error: bus can0: cannot open no-such-interface:x")
+    assert r.exit_code == 2  # refused with the site now, before any bus is opened (tests/test_site_safety.py)
+    assert r.stderr.startswith(f"error: {path}: [[bus]] #1 'can0': key 'interface' expected a python-can interface")
+    assert r.stderr.endswith(", virtual), found 'no-such-interface'\n")
 
 
 def test_version_and_verbose() -> None:
