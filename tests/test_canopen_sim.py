@@ -140,6 +140,7 @@ def test_values_identity_and_polled_objects_reach_the_edge() -> None:
 def test_commands_by_sdo_with_abort_codes_as_rejections() -> None:
     with running(site_of()) as (sim, edge):
         edge.read("bms_0/VendorId", timeout=5)  # configured
+        assert wait_for(lambda: value(edge, "CommState") is CommState.OK)  # commands need OK
         ok = edge.write("bms_0/SetChargeCurrent", 60.0, timeout=3)
         assert ok.status is CommandStatus.ACKED, ok.detail
         assert sim.model.charge_max_current == 60.0
@@ -162,6 +163,7 @@ def test_limit_setpoint_is_held_by_rpdo() -> None:
     site = site_of()
     with can.Bus(interface="virtual", channel=site.bus("can0").channel) as listener, running(site) as (sim, edge):
         edge.read("bms_0/VendorId", timeout=5)
+        assert wait_for(lambda: value(edge, "CommState") is CommState.OK)  # commands need OK
         result = edge.write("bms_0/SetDischargeCurrent", 70.0, timeout=3)
         assert result.status is CommandStatus.ACKED, result.detail
         deadline = time.monotonic() + 5
@@ -237,6 +239,7 @@ def test_emcy_raise_and_clear() -> None:
         assert value(edge, "EmcyCode") == 0x4210 and value(edge, "EmcyRegister") == 0x09
         sim.clear("overtemp")
         sim.model.temperature = 30.0
+        assert wait_for(lambda: value(edge, "CommState") is CommState.OK)  # commands need OK
         assert edge.write("bms_0/ResetFaults", 1, timeout=3).status is CommandStatus.ACKED
         assert wait_for(lambda: value(edge, "Alarm/OverTemperature") is AlarmLevel.OK)
         assert [code for code, _ in sim.emcy_sent] == [0x5000, 0x0000, 0x4210, 0x0000]
@@ -314,6 +317,7 @@ def test_device_behind_a_bridge_with_an_id_offset() -> None:
     site = site_of(node_id=2, id_offset=0x10000000)
     with can.Bus(interface="virtual", channel=site.bus("can0").channel) as listener, running(site) as (sim, edge):
         assert edge.read("bms_0/Soc", timeout=5).value == pytest.approx(sim.model.soc, abs=1)
+        assert wait_for(lambda: value(edge, "CommState") is CommState.OK)  # commands need OK
         assert edge.write("bms_0/SetChargeCurrent", 30, timeout=3).status is CommandStatus.ACKED
         ids = set()
         deadline = time.monotonic() + 1
@@ -325,11 +329,11 @@ def test_device_behind_a_bridge_with_an_id_offset() -> None:
         assert not {i for i, _ in ids if i < 0x10000000}
 
 
-def test_command_to_an_absent_device_times_out() -> None:
+def test_command_to_an_absent_device_is_rejected_unsent() -> None:
     with Edge(site_of(node_id=9)) as edge:
         result = edge.write("bms_0/SetChargeVoltage", 55.0, timeout=0.5)
-        assert result.status is CommandStatus.TIMEOUT
-        assert "SDO" in result.detail
+        assert result.status is CommandStatus.REJECTED  # never heard: no SDO download is even tried
+        assert result.detail == "bms_0 is WAITING (never heard since start): commands need CommState OK; nothing sent"
 
 
 def test_fresh_read_of_a_protocol_without_on_demand_reads_says_so() -> None:

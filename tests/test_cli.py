@@ -146,10 +146,12 @@ def test_write_without_acknowledgement_is_sent(live_site: tuple[Path, Simulation
     assert json.loads(r.stdout)["status"] == "sent"
 
 
-def test_write_timeout_when_nobody_answers(idle_site: Path) -> None:
+def test_write_rejected_when_nobody_answers(idle_site: Path) -> None:
     r = invoke("--site", str(idle_site), "write", "hv_0/SetChargeCurrent", "50", "--json", "--timeout", "0.3")
-    assert r.exit_code == 3
-    assert json.loads(r.stdout)["status"] == "timeout"
+    assert r.exit_code == 4  # never heard: refused with nothing sent (it used to wait for the echo: exit 3)
+    doc = json.loads(r.stdout)
+    assert doc["status"] == "rejected"
+    assert doc["detail"] == "hv_0 is WAITING (never heard since start): commands need CommState OK; nothing sent"
 
 
 def test_write_unknown_or_non_command_exits_2(idle_site: Path) -> None:

@@ -106,6 +106,7 @@ def test_hv_channels_arrive_with_units_and_quality_ok() -> None:
 
 def test_set_charge_current_acked_and_limit_follows() -> None:
     with running(hv_site()) as (sim, edge):
+        assert edge.wait_until(lambda s: s.value("hv/CommState") == CommState.OK, 10.0)  # commands need OK
         result = edge.write("hv/SetChargeCurrent", 42.5, timeout=3.0)
         assert result.status is CommandStatus.ACKED, result
         assert "ChargeCurrentRequestEcho" in result.detail
@@ -165,6 +166,7 @@ def test_cyclic_setpoint_repeats_at_its_period_and_stops_after_ttl(tmp_path: Pat
 def test_enable_balancing_and_reset_faults_are_acked() -> None:
     with running(hv_site()) as (sim, edge):
         model = sim.simulators["hv"].model
+        assert edge.wait_until(lambda s: s.value("hv/CommState") == CommState.OK, 10.0)  # commands need OK
         result = edge.write("hv/EnableBalancing", 1.0, timeout=3.0)
         assert result.status is CommandStatus.ACKED, result
         assert "BalancingRequestEcho" in result.detail

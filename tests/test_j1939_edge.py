@@ -66,7 +66,8 @@ def sim_edge() -> Iterator[tuple[Simulation, Edge]]:
 
 def test_values_requested_groups_and_commands(sim_edge: tuple[Simulation, Edge]) -> None:
     sim, edge = sim_edge
-    result = edge.write("bms_0/SetChargeCurrent", 42.0, 5.0)  # at once: it waits for the address claims
+    assert until(edge, lambda s: s.value("bms_0/CommState") == CommState.OK, 10.0)  # claimed and heard: OK
+    result = edge.write("bms_0/SetChargeCurrent", 42.0, 5.0)
     assert result.status is CommandStatus.ACKED, result.detail
     assert edge.read("bms_0/Soc", 5.0).value == pytest.approx(initial_soc("bms_0"), abs=0.5)
     assert edge.read("bms_0/Soh", 5.0).value == pytest.approx(98.0, abs=0.4)  # HVES1HIST, by BAM

@@ -168,7 +168,7 @@ def test_cli_write_to_an_absent_device_without_ack_is_rejected_not_sent(tmp_path
     assert sent == []
 
 
-@pytest.mark.parametrize("value", [10**400, -(10**400), float("nan"), float("inf"), "50", None])
+@pytest.mark.parametrize("value", [10**400, -(10**400), "50"], ids=["10**400", "-10**400", "a string"])
 def test_a_value_no_float_holds_is_rejected_before_anything(value: object) -> None:
     site = virtual_site(["can0"], [{"name": "hv", "bus": "can0", "profile": "acme-hv"}])
     with running_ok(site) as (_, edge), captured(site) as cap:
@@ -366,8 +366,8 @@ def test_fuzz_reports_the_adapter_exceptions_the_dispatcher_caught(monkeypatch: 
     monkeypatch.setattr(fuzz, "fuzz_adapters", raising_adapters)
     report = fuzz.run(frames=500, seed=1)
     mine = report.device_ids  # the frames on the adapter's own IDs reach it; it raises on each
-    assert report.adapter_exceptions == mine > 0
     assert report.exceptions == [f"buggy.on_frame: ZeroDivisionError ({mine}x)"]
+    assert report.adapter_exceptions == mine > 0
     assert report.counted_bad == mine  # still counted: every frame is accounted for
     r = CliRunner().invoke(app, ["fuzz", "--frames", "500", "--seed", "1", "--json"])
     assert r.exit_code == 1
