@@ -88,7 +88,12 @@ class Edge:
     # -- lifecycle --------------------------------------------------------------------------
 
     def start(self) -> Edge:
-        """Open every bus and start receiving. Raises BusError if a bus cannot be opened."""
+        """Open every bus and start receiving.
+
+        A bus that cannot be opened now is DOWN (its `<bus>/State` and `LastError` say so) and is
+        opened with the reopen backoff while the other buses run. Raises BusError only for an
+        interface python-can does not know.
+        """
         if self._running:
             return self
         self.started_us = now_us()
