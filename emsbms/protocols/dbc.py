@@ -316,6 +316,14 @@ class DbcAdapter(Adapter):
     def frame_keys(self) -> Iterable[int]:
         return self._routes.keys()
 
+    def sent_frames(self) -> Iterable[SentFrame]:
+        m = self.profile.model
+        commands = {c.message for c in m.commands.values()}
+        for name in dict.fromkeys([*commands, *(t.message for t in m.transmit)]):
+            if name is not None:
+                msg = self.profile.message(name)
+                yield SentFrame(frame_key(msg.frame_id + self.offset, msg.is_extended_frame), name, name in commands)
+
     @property
     def comm_state(self) -> CommState:
         return self.supervisor.state
@@ -328,14 +336,6 @@ class DbcAdapter(Adapter):
         route = self._routes.get(aid | EXTENDED if msg.is_extended_id else aid)
         if route is None:
             return None
-    def sent_frames(self) -> Iterable[SentFrame]:
-        m = self.profile.model
-        commands = {c.message for c in m.commands.values()}
-        for name in dict.fromkeys([*commands, *(t.message for t in m.transmit)]):
-            if name is not None:
-                msg = self.profile.message(name)
-                yield SentFrame(frame_key(msg.frame_id + self.offset, msg.is_extended_frame), name, name in commands)
-
         if msg.is_remote_frame:
             return Output(error=f"{self.device.name}: remote frame for {route.compiled.name}")
         data: bytes | bytearray = msg.data
