@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sqlite3
 import threading
@@ -84,6 +85,23 @@ def test_activation_while_traffic_flows_loses_no_frame_of_another_device(tmp_pat
     assert edge.dispatchers["can0"].bad_frames == 0 and edge.dispatchers["can0"].unknown_ids == 0
 
 
+def test_a_version_that_would_send_on_another_devices_id_is_refused(tmp_path: Path) -> None:
+    # the site's own check runs on hot activation too: IDs the edge sends count, not only received ones
+    v1 = profile_copy(tmp_path, version="1.0.0")
+    onto_setpoints = profile_copy(tmp_path, version="2.0.0",  # its keepalive moved onto hv_0's EMS_Setpoints
+                                  dbc_edit=lambda t: t.replace("BO_ 773 EMS_Keepalive", "BO_ 1200 EMS_Keepalive"))
+    site = virtual_site(["can0"], [{"name": "bms_0", "bus": "can0", "profile": str(v1)},
+                                   {"name": "hv_0", "bus": "can0", "profile": "acme-hv"}])
+    edge = Edge(site)
+    working = edge.adapters["bms_0"]
+    with pytest.raises(ConfigError, match=re.escape(
+            "device 'bms_0': profile pylon-lv 2.0.0: <site>: [[device]] #2 'hv_0': key 'bus' expected IDs no other"
+            " device on bus 'can0' uses, found frame 0x4B0 (sent: command EMS_Setpoints), already used by device"
+            " 'bms_0' (sent: EMS_Keepalive)")):
+        edge.activate_profile(load_profile(onto_setpoints))
+    assert edge.adapters["bms_0"] is working and edge.profiles["bms_0"].version == "1.0.0"
+
+
 def test_a_profile_that_cannot_be_built_never_replaces_a_working_one(tmp_path: Path) -> None:
     v1 = profile_copy(tmp_path, version="1.0.0")
     colliding = profile_copy(tmp_path, version="2.0.0",  # its SoC message moved onto hv_0's ACME_Pack
@@ -92,7 +110,9 @@ def test_a_profile_that_cannot_be_built_never_replaces_a_working_one(tmp_path: P
                                    {"name": "hv_0", "bus": "can0", "profile": "acme-hv"}])
     with Simulation(site), Edge(site) as edge:
         working = edge.adapters["bms_0"]
-        with pytest.raises(ConfigError, match="frame 0x4A0 on bus 'can0' is already used by device 'hv_0'"):
+        with pytest.raises(ConfigError, match=re.escape(
+                "device 'bms_0': profile pylon-lv 2.0.0: <site>: [[device]] #2 'hv_0': key 'bus' expected IDs no other"
+                " device on bus 'can0' uses, found frame 0x4A0 (received), already used by device 'bms_0' (received)")):
             edge.activate_profile(load_profile(colliding))
         assert edge.adapters["bms_0"] is working and edge.profiles["bms_0"].version == "1.0.0"
         later = time.time_ns() // 1000
@@ -211,8 +231,8 @@ def test_an_import_reaches_a_running_edge_started_from_the_database(tmp_path: Pa
             edge_db.profiles.import_paths([bad])
         assert wait(lambda: len(watcher.activations) == 2)
         refused = watcher.activations[1]
-        assert refused.version == "1.2.0" and refused.error is not None and "already used by device 'hv_0'" in (
-            refused.error)
+        assert refused.version == "1.2.0" and refused.error is not None
+        assert "found frame 0x4A0 (received), already used by device 'bms_0'" in refused.error
         assert edge.profiles["bms_0"].version == "1.1.0"
 
 

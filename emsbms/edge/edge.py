@@ -19,7 +19,7 @@ from emsbms.edge.registry import Callback, Registry, Snapshot, Subscription
 from emsbms.errors import ConfigError, UnknownAddressError, UnsupportedError
 from emsbms.profile.models import Profile
 from emsbms.protocols import adapter_class
-from emsbms.protocols.base import EXTENDED, Adapter
+from emsbms.protocols.base import Adapter
 from emsbms.site import Site, build_adapters, load_profiles, load_site
 from emsbms.types import ChannelKind, CommandResult, Reading, Sample
 
@@ -271,7 +271,7 @@ class Edge:
                                    f" ({profile.name} {profile.version}) in place: a j1939 device shares its"
                                    " bus's J1939 ECU; restart the edge")
         new = adapter_class(profile.protocol)(old.device, profile)
-        self._check_shared_ids(new, old)
+        self._check_site(name, profile)
         dispatcher = self.dispatchers[old.device.bus]
         infos = new.channels()
         self.registry.declare(infos)
@@ -292,14 +292,9 @@ class Edge:
             self._start_worker(new)
         log.info("device %s: now on profile %s %s", name, profile.name, profile.version)
 
-    def _check_shared_ids(self, new: Adapter, old: Adapter) -> None:
-        keys = set(new.frame_keys())
-        for other in self.adapters.values():
-            if other is old or other.device.bus != new.device.bus:
-                continue
-            shared = keys & set(other.frame_keys())
-            if shared and not (new.profile.model.allow_shared_ids and other.profile.model.allow_shared_ids):
-                can_id = min(shared) & ~EXTENDED
-                raise ConfigError(f"device {new.device.name!r}: profile {new.profile.name} {new.profile.version}:"
-                                  f" frame 0x{can_id:X} on bus {new.device.bus!r} is already used by device"
-                                  f" {other.device.name!r}")
+    def _check_site(self, name: str, profile: Profile) -> None:
+        """The site's own checks (IDs received and sent, widths, J1939 twins) with `name` on `profile`."""
+        try:
+            build_adapters(self.site, {**self.profiles, name: profile})
+        except ConfigError as e:
+            raise ConfigError(f"device {name!r}: profile {profile.name} {profile.version}: {e}") from e
