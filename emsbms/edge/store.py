@@ -363,6 +363,7 @@ class RunLog:
             if mode.lower() != "wal":
                 log.warning("run log %s: journal mode %s, not wal: every commit writes more", self.path, mode)
             conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA secure_delete = OFF")  # builds that default it on zero every deleted page
             conn.executescript(_SCHEMA)
             columns = [r[1] for r in conn.execute("PRAGMA table_info(runs)")]
             if "lost" not in columns:  # a file from an older emsbms
