@@ -158,6 +158,10 @@ class MessageSettings(_Strict):
     min_dlc: int | None = Field(None, ge=0, le=64, description="shortest DLC accepted (default: full length)")
     on_request: bool = Field(False, description="J1939: sent only when requested (the edge requests it)")
     request_interval_s: Seconds | None = Field(None, description="J1939: re-request it this often")
+    optional: bool = Field(
+        False,
+        description="not every genuine device sends it: the passive scan scores on the required messages only",
+    )
 
 
 class ChannelMap(_Strict):
