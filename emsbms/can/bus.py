@@ -5,13 +5,24 @@ If the bus fails (the adapter disappears, recv raises), the reader marks it DOWN
 with bounded exponential backoff; a bus that cannot be opened at start is DOWN from the start and
 opened the same way. Data the interface received but could not turn into a frame (a datagram on a
 udp_multicast group that is no packed CAN message) is counted and skipped: the bus stays up.
+
+The edge's own frames coming back are recognised and counted (`own_frames`), never dispatched:
+udp_multicast loops every datagram back to its sender, so each frame sent there carries a tag
+unique to this runner in python-can's `channel` field (which udp_multicast carries to the
+receivers) and a received frame with that tag is our own; on `virtual` (with
+`receive_own_messages`) python-can marks an echo `is_rx=False`; SocketCAN does not echo unless
+`receive_own_messages` is set, and then python-can marks every frame sent from this host
+(`MSG_DONTROUTE`), ours or another process's, so there it cannot tell them apart.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
+import os
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable
 from enum import StrEnum
@@ -20,7 +31,7 @@ from typing import Any
 import can
 
 from emsbms.can.config import BusConfig
-from emsbms.can.health import LoadMeter, frame_bits
+from emsbms.can.health import FrameTable, LoadMeter, frame_bits
 from emsbms.errors import BusError
 
 log = logging.getLogger(__name__)
@@ -92,6 +103,19 @@ class FrameQueue:
         return len(self._items)
 
 
+TAGGED_INTERFACES = frozenset({"udp_multicast"})
+"""Interfaces that deliver a node's own frames back to it and carry `Message.channel` to the
+receivers: the runner tags what it sends there and recognises the tag when it comes back."""
+
+RX_FLAGGED_INTERFACES = frozenset({"virtual"})
+"""Interfaces whose `is_rx=False` means exactly "sent by this bus object"."""
+
+
+def own_tag() -> str:
+    """A tag no other runner, in this process or another, has."""
+    return f"emsbms:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+
+
 MAX_BAD_IN_A_ROW = 1000
 """Undecodable receptions in a row (no frame, no timeout between them) taken as a failing bus."""
 
@@ -139,6 +163,12 @@ class BusRunner:
         self.last_error = ""
         self.last_rx_error = ""
         self.tx_load = LoadMeter(config.bitrate)
+        self.own_frames = 0
+        """Frames this runner sent that the interface delivered back (not counted in `rx`)."""
+        self.frames = FrameTable()
+        """The IDs received (not our own), for the monitor's frames page."""
+        self.tag = own_tag() if config.interface in TAGGED_INTERFACES else None
+        self._rx_flagged = config.interface in RX_FLAGGED_INTERFACES
         self._error_state: BusState | None = None  # announced by error frames
 
     def open(self) -> None:
@@ -203,6 +233,9 @@ class BusRunner:
         backoff = 0.05
         bad_in_a_row = 0
         put = self.queue.put
+        note = self.frames.note
+        tag = self.tag
+        rx_flagged = self._rx_flagged
         while not self._stop.is_set():
             bus = self._bus
             if bus is None:
@@ -234,9 +267,13 @@ class BusRunner:
             backoff = 0.05  # reset only once the bus works: a downed SocketCAN link opens fine, then fails
             if msg is None:
                 continue
+            if (tag is not None and msg.channel == tag) or (rx_flagged and not msg.is_rx):
+                self.own_frames += 1
+                continue
             if not msg.timestamp:
                 msg.timestamp = time.time()
             self.rx += 1
+            note(msg)
             if not put(msg):
                 self.dropped += 1
 
@@ -257,6 +294,9 @@ class BusRunner:
         if bus is None:
             self.tx_errors += 1
             raise BusError(f"bus {self.name} is {self.state.value}: cannot send 0x{msg.arbitration_id:X}")
+        if self.tag is not None:
+            msg = copy.copy(msg)  # the caller's frame stays as it was
+            msg.channel = self.tag
         try:
             with self._send_lock:
                 bus.send(msg, timeout)

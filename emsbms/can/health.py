@@ -10,7 +10,7 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 # linux/can/error.h: error classes in the CAN ID of an error frame
 CAN_ERR_TX_TIMEOUT = 0x001
@@ -262,13 +262,26 @@ def frame_bits_unstuffed(is_extended: bool, nbytes: int) -> int:
 
 
 class LoadMeter:
-    """Bus load in % over a sliding window: Σ frame bits / (bitrate × window)."""
+    """Bus load in % over a sliding window: Σ frame bits / (bitrate × window).
+
+    `start(now)` says when counting began; `full(now)` is True once a whole window has passed
+    since, before which the load covers only part of the window and reads too low.
+    """
 
     def __init__(self, bitrate: int, window_s: float = 1.0) -> None:
         self.bitrate = bitrate
         self.window_s = window_s
         self._events: deque[tuple[float, int]] = deque()
         self._bits = 0
+        self.started: float | None = None
+
+    def start(self, now: float) -> None:
+        """Counting begins at `now` (the clock `add` and `load` use)."""
+        self.started = now
+
+    def full(self, now: float) -> bool:
+        """True once the window ending at `now` lies wholly after `start`."""
+        return self.started is not None and now - self.started >= self.window_s
 
     def add(self, t: float, bits: int) -> None:
         """Count `bits` sent or received at time `t` (one frame, or a batch of frames)."""
@@ -308,3 +321,115 @@ class LatencyMeter:
         ordered = sorted(self._values)
         rank = max(0, min(len(ordered) - 1, math.ceil(p / 100.0 * len(ordered)) - 1))
         return ordered[rank]
+
+
+class RateMeter:
+    """Events per second over a sliding window, from a running total read now and then.
+
+    `rate(now, total)` records the total and answers the rate over the readings that span at
+    least one whole window, or None while they do not yet (the first readings after start cover
+    an almost empty window: a rate of 0.0 there would be a false value, not a measurement).
+    """
+
+    def __init__(self, window_s: float = 1.0) -> None:
+        self.window_s = window_s
+        self._points: deque[tuple[float, int]] = deque()
+
+    def rate(self, now: float, total: int) -> float | None:
+        points = self._points
+        points.append((now, total))
+        cutoff = now - self.window_s
+        while len(points) > 1 and points[1][0] <= cutoff:
+            points.popleft()
+        t0, n0 = points[0]
+        if t0 > cutoff:
+            return None
+        return (total - n0) / (now - t0)
+
+
+EXTENDED_KEY = 1 << 29
+"""Set in a frame table key for an extended (29-bit) ID: the dispatch key of `emsbms.protocols.base`."""
+
+MAX_IDS = 4096
+"""IDs a frame table keeps per bus; frames of further IDs are only counted (`FrameTable.overflow`)."""
+
+PERIOD_WEIGHT = 0.125
+"""Weight of the newest interval in a frame's measured period (an exponential mean of 8 intervals)."""
+
+
+class FrameStat(NamedTuple):
+    """What a bus received of one ID: `key` is the arbitration ID (bit 29 set for an extended one)."""
+
+    key: int
+    frames: int
+    last_s: float
+    """Timestamp of the last frame (seconds, the frames' clock)."""
+    period_s: float
+    """Measured period: a mean of the last intervals; 0.0 until a second frame came."""
+    dlc: int
+    data: bytes
+    previous: bytes
+    """The data before its last change (equal to `data` while it never changed)."""
+    changed_s: float
+    """When the data last changed (0.0: never)."""
+
+    @property
+    def extended(self) -> bool:
+        return bool(self.key & EXTENDED_KEY)
+
+    @property
+    def arbitration_id(self) -> int:
+        return self.key & ~EXTENDED_KEY
+
+
+class FrameTable:
+    """The IDs one bus received, for the monitor's frames page, kept by the reader thread.
+
+    `note(msg)` costs one dict lookup and a few stores per frame (measured in docs/bus-health.md);
+    the data is kept by reference (python-can gives every frame its own bytearray), compared,
+    and copied only by `stats()`. At most `max_ids` IDs are kept, so random IDs cannot grow it.
+    """
+
+    def __init__(self, max_ids: int = MAX_IDS) -> None:
+        self.max_ids = max_ids
+        self.overflow = 0
+        self._seen: dict[int, list[Any]] = {}  # key -> [count, last_s, period_s, dlc, data, previous, changed_s]
+
+    def note(self, msg: Any) -> None:
+        """Count one received frame (error frames are not IDs: left out)."""
+        if msg.is_error_frame:
+            return
+        aid = msg.arbitration_id
+        key = aid | EXTENDED_KEY if msg.is_extended_id else aid
+        entry = self._seen.get(key)
+        ts = msg.timestamp
+        data = msg.data
+        if entry is None:
+            if len(self._seen) >= self.max_ids:
+                self.overflow += 1
+                return
+            self._seen[key] = [1, ts, 0.0, msg.dlc, data, data, 0.0]
+            return
+        n = entry[0]
+        dt = ts - entry[1]
+        entry[2] = dt if n == 1 else entry[2] + (dt - entry[2]) * PERIOD_WEIGHT
+        entry[0] = n + 1
+        entry[1] = ts
+        entry[3] = msg.dlc
+        if data != entry[4]:
+            entry[5] = entry[4]
+            entry[4] = data
+            entry[6] = ts
+
+    def stats(self) -> list[FrameStat]:
+        """A copy of every ID's figures, by key (safe to call from another thread)."""
+        items = list(self._seen.items())  # one C-level copy: atomic with respect to note()
+        out = []
+        for key, entry in items:
+            n, last, period, dlc, data, previous, changed = tuple(entry)
+            out.append(FrameStat(key, n, last, period, dlc, bytes(data), bytes(previous), changed))
+        out.sort(key=lambda s: s.key)
+        return out
+
+    def __len__(self) -> int:
+        return len(self._seen)

@@ -5,14 +5,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from typing import ClassVar
 
 import can
 
 from emsbms.can.bus import BusRunner, BusState
-from emsbms.can.health import LatencyMeter, LoadMeter, batch_bits, decode_error_frame
+from emsbms.can.health import MAX_IDS, LatencyMeter, LoadMeter, RateMeter, batch_bits, decode_error_frame
 from emsbms.edge.registry import Registry
 from emsbms.errors import BusError
 from emsbms.protocols.base import EXTENDED, Adapter, Output
@@ -53,8 +52,8 @@ class AckWaiter:
 class Dispatcher:
     """Routes one bus's frames to its device adapters and publishes bus health channels."""
 
-    HEALTH = ("State", "BusLoad", "RxFrames", "TxFrames", "RxRate", "ErrorFrames", "Dropped",
-              "UnknownIds", "BadFrames", "RxErrors", "AdapterErrors", "LastError", "TxErrorCounter",
+    HEALTH = ("State", "BusLoad", "RxFrames", "TxFrames", "RxRate", "OwnFrames", "ErrorFrames",
+              "Dropped", "UnknownIds", "BadFrames", "RxErrors", "AdapterErrors", "LastError", "TxErrorCounter",
               "RxErrorCounter", "Reopens", "LatencyP50", "LatencyP99")
     UNITS: ClassVar[dict[str, str]] = {"BusLoad": "%", "RxRate": "frames/s", "LatencyP50": "µs", "LatencyP99": "µs"}
 
@@ -85,7 +84,9 @@ class Dispatcher:
         self.load = LoadMeter(runner.config.bitrate)
         self.latency = LatencyMeter()
         self._published_state: object = None
-        self._rate: deque[tuple[float, int]] = deque(maxlen=8)
+        self._rate = RateMeter(self.load.window_s)
+        self.unknown_keys: set[int] = set()
+        """Keys of the frames counted in UnknownIds (at most MAX_IDS), for the monitor's frames page."""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -94,6 +95,7 @@ class Dispatcher:
         return [ChannelInfo(p + n, self.UNITS.get(n, ""), ChannelKind.STATE) for n in self.HEALTH]
 
     def start(self) -> None:
+        self.load.start(time.time())  # BusLoad and RxRate are published once a whole window has passed
         t = now_us()
         with self.lock:
             for a in self.adapters:
@@ -175,6 +177,8 @@ class Dispatcher:
                     self.last_bad = error
                 else:
                     self.unknown_ids += 1
+                    if len(self.unknown_keys) < MAX_IDS:
+                        self.unknown_keys.add(aid | EXTENDED if msg.is_extended_id else aid)
             self.frames_ok += ok_count
         self.registry.apply(samples, stale)
         done = now_us()
@@ -239,17 +243,16 @@ class Dispatcher:
 
     def publish_health(self, t: int) -> None:
         r = self.runner
-        mono = time.monotonic()
-        self._rate.append((mono, r.rx))
-        t0, n0 = self._rate[0]
-        rate = (r.rx - n0) / (mono - t0) if mono > t0 else 0.0
+        rate = self._rate.rate(time.monotonic(), r.rx)
         p = r.name + "/"
         r.poll_state()
         self._published_state = r.state
-        load = self.load.load(time.time()) + r.tx_load.load(time.time())
+        wall = time.time()
+        load = self.load.load(wall) + r.tx_load.load(wall)
         values: dict[str, Value] = {
             "State": r.state, "BusLoad": round(load, 2), "RxFrames": r.rx, "TxFrames": r.tx,
-            "RxRate": round(rate, 1), "ErrorFrames": self.error_frames, "Dropped": r.dropped,
+            "RxRate": None if rate is None else round(rate, 1), "OwnFrames": r.own_frames,
+            "ErrorFrames": self.error_frames, "Dropped": r.dropped,
             "UnknownIds": self.unknown_ids, "BadFrames": self.bad_frames, "RxErrors": r.rx_errors,
             "AdapterErrors": self.adapter_errors,
             "LastError": (r.last_error or self.last_error_frame or self.last_bad or r.last_rx_error
@@ -257,6 +260,8 @@ class Dispatcher:
             "TxErrorCounter": self.tec, "RxErrorCounter": self.rec, "Reopens": r.reopens,
             "LatencyP50": self.latency.percentile(50), "LatencyP99": self.latency.percentile(99),
         }
+        if rate is None or not self.load.full(wall):  # not yet one whole window: no value yet
+            del values["RxRate"], values["BusLoad"]
         self.registry.apply([Sample(p + k, v, t) for k, v in values.items()])
 
     def replace_adapter(self, old: Adapter, new: Adapter, start: bool = True) -> None:
