@@ -47,10 +47,14 @@ from emsbms.protocols.canopen_codes import (
     emcy_text,
 )
 from emsbms.protocols.canopen_od import (
+    Raw,
     check_canopen_profile,
     device_options,
     is_nmt_master,
     load_od,
+    raw_kind,
+    raw_value,
+    real_limits,
     ref_text,
     resolve,
 )
@@ -181,7 +185,7 @@ class CanopenAdapter(Adapter):
         self._io: AdapterIO | None = None
         # commands
         self._active = CyclicSetpoints()  # values are raw RPDO integers
-        self._last_raw: dict[tuple[int, int], int] = {}
+        self._last_raw: dict[tuple[int, int], Raw] = {}
 
     # -- construction -----------------------------------------------------------------------
 
@@ -343,7 +347,7 @@ class CanopenAdapter(Adapter):
         samples = []
         for var, ch in route.outputs:
             raw = var.raw
-            if isinstance(raw, int):
+            if isinstance(raw, int | float):
                 self._last_raw[ch.key] = raw
             samples.append(Sample(ch.address, ch.convert(var.od.decode_phys(cast(int, raw))), ts, quality))
         route.last_us = ts
@@ -493,25 +497,36 @@ class CanopenAdapter(Adapter):
             raise CommandRejected(f"{self.device.name} has no command {name!r}; known: {known}")
         value = validate_command_value(self.device.name, name, cmd, value)
         var = self._cmd_vars[name]
-        raw = self._encode(name, var, value)
+        raw, data = self._encode(name, var, value)
         if cmd.via == "rpdo":
             frame = self._rpdo_frame({var.index << 8 | var.subindex: raw})
             if cmd.ack.type == "none":
                 return CommandPlan(command=name, value=value, frames=[frame],
                                    detail=f"RPDO 0x{frame.arbitration_id:X} sent; an RPDO is not acknowledged")
-        return CommandPlan(command=name, value=value, frames=[], execute=self._download(name, var, raw))
+        return CommandPlan(command=name, value=value, frames=[], execute=self._download(var, raw, data))
 
-    def _encode(self, name: str, var: ODVariable, value: float) -> int:
-        raw = int(var.encode_phys(value))
-        low = -(1 << (len(var) - 1)) if var.data_type in canopen.objectdictionary.SIGNED_TYPES else 0
-        high = (1 << (len(var) - 1)) - 1 if low else (1 << len(var)) - 1
+    def _encode(self, name: str, var: ODVariable, value: float) -> tuple[Raw, bytes]:
+        """The raw value (an integer, or a float for REAL32/REAL64) and its bytes; CommandRejected if out of range."""
+        raw = raw_value(var, value)
+        if isinstance(raw, float):
+            limits = real_limits(var)
+            assert limits is not None
+            low: float = limits[0]
+            high: float = limits[1]
+        else:
+            low = -(1 << (len(var) - 1)) if var.data_type in canopen.objectdictionary.SIGNED_TYPES else 0
+            high = (1 << (len(var) - 1)) - 1 if low else (1 << len(var)) - 1
         if not low <= raw <= high:
-            raise CommandRejected(f"{self.device.name}/{name} = {value}: raw {raw} does not fit {ref_text(var)}")
-        return raw
+            raise CommandRejected(f"{self.device.name}/{name} = {value}: raw {raw} does not fit {ref_text(var)};"
+                                  f" expected {low:g} to {high:g}")
+        try:
+            data = var.encode_raw(raw)
+        except (ValueError, OverflowError) as e:  # struct refuses what the type cannot carry
+            raise CommandRejected(f"{self.device.name}/{name} = {value}: cannot encode {ref_text(var)}: {e}") from e
+        return raw, data
 
-    def _download(self, name: str, var: ODVariable, raw: int) -> Callable[[float], tuple[CommandStatus, str]]:
+    def _download(self, var: ODVariable, raw: Raw, data: bytes) -> Callable[[float], tuple[CommandStatus, str]]:
         where = ref_text(var)
-        data = var.encode_raw(raw)
 
         def execute(timeout: float) -> tuple[CommandStatus, str]:
             try:
@@ -527,7 +542,7 @@ class CanopenAdapter(Adapter):
 
         return execute
 
-    def _rpdo_frame(self, values: dict[int, int]) -> can.Message:
+    def _rpdo_frame(self, values: dict[int, Raw]) -> can.Message:
         """The RPDO carrying `values` ((index << 8 | sub) -> raw); other entries keep their setpoints."""
         rpdo_map = next((m for m in _maps(self._rpdo) if m.enabled and any(
             (v.od.index << 8 | v.od.subindex) in values for v in m.map)), None)
@@ -539,31 +554,31 @@ class CanopenAdapter(Adapter):
         can_id = rpdo_map.cob_id + self.offset
         return can.Message(arbitration_id=can_id, data=bytes(rpdo_map.data), is_extended_id=can_id > 0x7FF)
 
-    def _rpdo_fill(self, var: PdoVariable) -> int:
+    def _rpdo_fill(self, var: PdoVariable) -> Raw:
         """An RPDO entry with no new value: its active setpoint, idle value, last value seen, or EDS default."""
         key = (var.od.index, var.od.subindex)
         for name, active in self._active.items():
             if self._cmd_vars[name].index == key[0] and self._cmd_vars[name].subindex == key[1]:
-                return int(active.value)
+                return raw_kind(var.od, active.value)
         for name, cmd in self.profile.model.commands.items():
             v = self._cmd_vars[name]
             if (v.index, v.subindex) == key and cmd.idle is not None:
-                return int(v.encode_phys(cmd.idle))
+                return raw_value(v, cmd.idle)
         if key in self._last_raw:
             return self._last_raw[key]
-        return int(var.od.default or 0)
+        return raw_kind(var.od, var.od.default or 0)
 
     def command_done(self, plan: CommandPlan, result: CommandResult, now_us: int) -> Output:
         cmd = self.profile.model.commands[plan.command]
         if result.status not in (CommandStatus.ACKED, CommandStatus.SENT):
             return EMPTY
         if cmd.via == "rpdo" and cmd.ttl_s is not None and cmd.period_ms is not None:
-            raw = int(self._cmd_vars[plan.command].encode_phys(plan.value))
+            raw = raw_value(self._cmd_vars[plan.command], plan.value)
             self._active.start(plan.command, raw, now_us, cmd.ttl_s, cmd.period_ms)
         return Output(samples=[Sample(self.prefix + plan.command, plan.value, now_us)])
 
     def _due_rpdo(self, now_us: int, stale: list[str]) -> list[can.Message]:
-        due: dict[int, int] = {}
+        due: dict[int, Raw] = {}
         names, expired = self._active.due(now_us, self.state)  # tick has supervised first
         if expired and self.state is CommState.LOST:
             log.warning("%s is LOST: cyclic setpoints %s stopped (write them again once it is back)",
@@ -571,7 +586,7 @@ class CanopenAdapter(Adapter):
         stale.extend(self.prefix + name for name in expired)
         for name in names:
             var = self._cmd_vars[name]
-            due[var.index << 8 | var.subindex] = int(self._active[name].value)
+            due[var.index << 8 | var.subindex] = raw_kind(var, self._active[name].value)
         if not due:
             return []
         try:
@@ -621,7 +636,7 @@ class CanopenAdapter(Adapter):
 
     def _sample(self, ch: ObjectChannel, data: bytes, ts: int) -> Sample:
         raw = ch.var.decode_raw(data)
-        if isinstance(raw, int):
+        if isinstance(raw, int | float):
             self._last_raw[ch.key] = raw
         return Sample(ch.address, ch.convert(ch.var.decode_phys(cast(int, raw))), ts, self._quality())
 

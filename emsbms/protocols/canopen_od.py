@@ -180,6 +180,47 @@ def raw_range(var: ODVariable) -> tuple[float, float] | None:
     return None
 
 
+REAL_LIMITS = {dt.REAL32: 3.4028234663852886e38, dt.REAL64: 1.7976931348623157e308}
+"""The largest finite value of each IEEE 754 type (REAL32 single, REAL64 double precision)."""
+
+
+def real_limits(var: ODVariable) -> tuple[float, float] | None:
+    """The finite range a REAL32/REAL64 object accepts, narrowed by LowLimit/HighLimit (None for other types).
+
+    canopen sends floats as they are: the EDS Factor applies to integers only.
+    """
+    top = REAL_LIMITS.get(var.data_type or 0)
+    if top is None:
+        return None
+    lo, hi = -top, top
+    if var.min is not None:
+        lo = max(lo, float(var.min))
+    if var.max is not None:
+        hi = min(hi, float(var.max))
+    return lo, hi
+
+
+Raw = int | float
+"""What an object carries: an integer (before Factor), or a float for REAL32/REAL64."""
+
+
+def raw_value(var: ODVariable, value: float) -> Raw:
+    """The raw value of `var` for a physical `value`: a float as it is for REAL32/REAL64, else round(value / Factor)."""
+    if var.data_type in REAL_LIMITS:
+        return float(value)
+    return int(var.encode_phys(value))
+
+
+def raw_kind(var: ODVariable, raw: float) -> Raw:
+    """A stored raw value in the form `var` carries: float for REAL32/REAL64, else int."""
+    return float(raw) if var.data_type in REAL_LIMITS else int(raw)
+
+
+def command_limits(var: ODVariable) -> tuple[float, float] | None:
+    """The physical range a command may write to `var`: an integer's (times Factor) or a float's."""
+    return physical_limits(var) or real_limits(var)
+
+
 def physical_limits(var: ODVariable) -> tuple[float, float] | None:
     """The physical range a variable accepts: its type, narrowed by LowLimit/HighLimit, times Factor."""
     rng = raw_range(var)
@@ -289,13 +330,22 @@ def _check_command(od: ObjectDictionary, eds: str, rpdo: set[tuple[int, int]], p
     if via == "rpdo" and (var.index, var.subindex) not in rpdo:
         raise ProfileError(f"{path}.via 'rpdo': {ref_text(var)} is in no RPDO mapping of {eds}")
     _check_factor(var, eds, f"{path}.od")
-    limits = physical_limits(var)
+    real = var.data_type in REAL_LIMITS
+    if real and var.factor != 1:
+        raise ProfileError(f"{path}.od {cmd.od!r}: {ref_text(var)} is {_type_name(var)} with Factor {var.factor:g}"
+                           f" in {eds}; expected no Factor (a float is sent as it is)")
+    limits = command_limits(var)
     if limits is None:
-        raise ProfileError(f"{path}.od {cmd.od!r}: {ref_text(var)} is not a number in {eds}")
+        raise ProfileError(f"{path}.od {cmd.od!r}: {ref_text(var)} is not a number in {eds}"
+                           f" (data type 0x{var.data_type or 0:04X}); expected an integer, BOOLEAN, REAL32 or REAL64")
     lo, hi = limits
-    eps = abs(var.factor) * 1e-6
+    eps = 0.0 if real else abs(var.factor) * 1e-6
     unit = f" {var.unit}" if var.unit else ""
     if cmd.min < lo - eps:
         raise ProfileError(f"{path}.min {cmd.min:g} is below {ref_text(var)}'s lowest value {lo:g}{unit} in {eds}")
     if cmd.max > hi + eps:
         raise ProfileError(f"{path}.max {cmd.max:g} is above {ref_text(var)}'s highest value {hi:g}{unit} in {eds}")
+
+
+def _type_name(var: ODVariable) -> str:
+    return "REAL32" if var.data_type == dt.REAL32 else "REAL64" if var.data_type == dt.REAL64 else "a number"
