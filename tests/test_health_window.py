@@ -20,7 +20,7 @@ from emsbms.can.bus import BusRunner
 from emsbms.can.config import BusConfig
 from emsbms.can.health import LoadMeter
 from emsbms.edge import Edge
-from emsbms.site import parse_site
+from emsbms.site import Site, parse_site
 from emsbms.types import Quality
 from tests.conftest import virtual_site, wait
 
@@ -85,7 +85,12 @@ def test_first_rate_and_load_readings_cover_a_whole_window_of_real_traffic() -> 
 # -- own frames -------------------------------------------------------------------------------------------
 
 
-def udp_site(port: int) -> object:
+def count(edge: Edge, address: str) -> int:
+    value = edge.snapshot().value(address)
+    return value if isinstance(value, int) else 0
+
+
+def udp_site(port: int) -> Site:
     return parse_site({"site": {"org": "test", "name": "udp"},
                        "bus": [{"name": "can0", "interface": "udp_multicast", "channel": GROUP, "port": port}],
                        "device": [{"name": "bms_0", "bus": "can0", "profile": "pylon-lv"}]})
@@ -96,7 +101,7 @@ def test_own_keepalives_over_udp_multicast_are_own_frames_not_unknown_ids() -> N
     site = udp_site(port)
     peer = can.Bus(interface="udp_multicast", channel=GROUP, port=port)
     try:
-        with Edge(site) as edge:  # type: ignore[arg-type]
+        with Edge(site) as edge:
             keepalive = None
             deadline = time.monotonic() + 10
             while keepalive is None and time.monotonic() < deadline:  # the edge's 0x305, as the peer sees it
@@ -104,10 +109,9 @@ def test_own_keepalives_over_udp_multicast_are_own_frames_not_unknown_ids() -> N
                 if msg is not None and msg.arbitration_id == 0x305:
                     keepalive = msg
             assert keepalive is not None
-            assert wait(lambda: (edge.snapshot().value("can0/OwnFrames") or 0) >= 3)
-            snap = edge.snapshot()
-            assert snap.value("can0/UnknownIds") == 0  # before: one more a second
-            assert (snap.value("can0/TxFrames") or 0) >= 3
+            assert wait(lambda: count(edge, "can0/OwnFrames") >= 3)
+            assert count(edge, "can0/UnknownIds") == 0  # before: one more a second
+            assert count(edge, "can0/TxFrames") >= 3
             assert 0x305 not in {s.key for s in edge.runners["can0"].frames.stats()}
             # another node sends a frame with the same ID and data: that one is received
             peer.send(can.Message(arbitration_id=0x305, data=keepalive.data, is_extended_id=False))
