@@ -201,8 +201,9 @@ class TestPylonLvContract(DbcContract):
     profile_name = "pylon-lv"
 
     def malformed_frames(self) -> list[can.Message]:
-        # 0x356 needs 6 bytes; 0x351 at least 6 (min_dlc)
-        return [msg(0x356, bytes(2)), msg(0x351, bytes(3))]
+        # the profile's strict bounds: 0x351 at least 6 bytes, 0x355 at least 4 (min_dlc); a remote frame
+        return [msg(0x355, bytes(2)), msg(0x351, bytes(3)),
+                can.Message(arbitration_id=0x356, is_extended_id=False, is_remote_frame=True, dlc=6)]
 
     def out_of_range_command(self) -> tuple[str, float] | None:
         return None
@@ -212,7 +213,9 @@ class TestAcmeHvContract(DbcContract):
     profile_name = "acme-hv"
 
     def malformed_frames(self) -> list[can.Message]:
-        return [msg(0x4A0, bytes(3)), msg(0x4A5, bytes(1))]  # ACME_Pack needs 8 bytes, ACME_Info 3
+        # no strict length bounds: a short frame gives the signals it holds; remote frames carry nothing
+        return [can.Message(arbitration_id=i, is_extended_id=False, is_remote_frame=True, dlc=8)
+                for i in (0x4A0, 0x4A5)]
 
     def out_of_range_command(self) -> tuple[str, float] | None:
         return "SetChargeCurrent", 201.0  # max 200 A

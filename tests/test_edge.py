@@ -40,16 +40,16 @@ def test_frame_to_channel_with_the_frame_timestamp(edge_and_peer: tuple[Edge, ca
 
 def test_bad_frames_and_unknown_ids_are_counted_not_raised(edge_and_peer: tuple[Edge, can.BusABC]) -> None:
     edge, peer = edge_and_peer
-    for data in (b"", bytes(3), bytes(3)):
-        peer.send(can.Message(arbitration_id=0x356, data=data, is_extended_id=False))
+    for data in (b"", bytes(3), bytes(5)):  # PYLON_Limits: the profile's min_dlc 6 is strict
+        peer.send(can.Message(arbitration_id=0x351, data=data, is_extended_id=False))
     peer.send(can.Message(arbitration_id=0x7FF, data=bytes(8), is_extended_id=False))
     peer.send(can.Message(arbitration_id=0x18FF50E5, data=bytes(8), is_extended_id=True))
     peer.send(can.Message(arbitration_id=0x355, data=bytes([64, 0, 99, 0]), is_extended_id=False))
     assert edge.read("bms_0/Soc", timeout=5).value == 64  # still decoding after the bad ones
     assert wait(lambda: edge.snapshot().value("can0/BadFrames") == 3
                 and edge.snapshot().value("can0/UnknownIds") == 2)
-    assert "PYLON_Measurements (0x356) DLC 3, expected 6" in str(edge.snapshot().value("can0/LastError"))
-    assert edge.registry.get("bms_0/Voltage") is None  # never updated from a bad frame
+    assert "PYLON_Limits (0x351) DLC 5, expected at least 6" in str(edge.snapshot().value("can0/LastError"))
+    assert edge.registry.get("bms_0/ChargeMaxVoltage") is None  # never updated from a bad frame
 
 
 def test_keepalive_goes_out(edge_and_peer: tuple[Edge, can.BusABC]) -> None:

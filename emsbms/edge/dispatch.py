@@ -53,8 +53,8 @@ class Dispatcher:
     """Routes one bus's frames to its device adapters and publishes bus health channels."""
 
     HEALTH = ("State", "BusLoad", "RxFrames", "TxFrames", "RxRate", "OwnFrames", "ErrorFrames",
-              "Dropped", "UnknownIds", "BadFrames", "RxErrors", "AdapterErrors", "LastError", "TxErrorCounter",
-              "RxErrorCounter", "Reopens", "LatencyP50", "LatencyP99")
+              "Dropped", "UnknownIds", "BadFrames", "ShortFrames", "BadValues", "RxErrors", "AdapterErrors",
+              "LastError", "TxErrorCounter", "RxErrorCounter", "Reopens", "LatencyP50", "LatencyP99")
     UNITS: ClassVar[dict[str, str]] = {"BusLoad": "%", "RxRate": "frames/s", "LatencyP50": "µs", "LatencyP99": "µs"}
 
     def __init__(self, runner: BusRunner, adapters: Sequence[Adapter], registry: Registry) -> None:
@@ -74,6 +74,8 @@ class Dispatcher:
         self.error_frames = 0
         self.adapter_errors = 0
         """Exceptions an adapter raised (on_frame, tick) that this dispatcher caught."""
+        self._retired = (0, 0)
+        """Short frames and bad values of adapters replaced by hot activation (their counts carry on)."""
         self.caught: dict[str, int] = {}
         """Caught adapter exceptions by "<device>.<method>: <type>", with how often (the fuzzer reads it)."""
         self.last_caught = ""
@@ -254,6 +256,7 @@ class Dispatcher:
             "RxRate": None if rate is None else round(rate, 1), "OwnFrames": r.own_frames,
             "ErrorFrames": self.error_frames, "Dropped": r.dropped,
             "UnknownIds": self.unknown_ids, "BadFrames": self.bad_frames, "RxErrors": r.rx_errors,
+            "ShortFrames": self.short_frames, "BadValues": self.bad_values,
             "AdapterErrors": self.adapter_errors,
             "LastError": (r.last_error or self.last_error_frame or self.last_bad or r.last_rx_error
                           or self.last_caught),
@@ -264,6 +267,23 @@ class Dispatcher:
             del values["RxRate"], values["BusLoad"]
         self.registry.apply([Sample(p + k, v, t) for k, v in values.items()])
 
+    def _counters(self) -> tuple[int, int]:
+        short, bad = self._retired
+        for a in self.adapters:
+            s, b = a.counters()
+            short, bad = short + s, bad + b
+        return short, bad
+
+    @property
+    def short_frames(self) -> int:
+        """Frames shorter than their message declares, decoded in part (the signals they hold)."""
+        return self._counters()[0]
+
+    @property
+    def bad_values(self) -> int:
+        """Numbers decoded as NaN or ±Infinity: published with quality invalid, or no alarm information."""
+        return self._counters()[1]
+
     def replace_adapter(self, old: Adapter, new: Adapter, start: bool = True) -> None:
         """Swap one device's adapter and rebuild this bus's dispatch table (hot profile activation).
 
@@ -272,6 +292,8 @@ class Dispatcher:
         """
         with self.lock:
             self.adapters[self.adapters.index(old)] = new
+            short, bad = old.counters()
+            self._retired = (self._retired[0] + short, self._retired[1] + bad)
             table: dict[int, list[Adapter]] = {}
             for a in self.adapters:
                 for key in a.frame_keys():

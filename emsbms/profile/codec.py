@@ -87,9 +87,7 @@ class _Layout:
     namespace: dict[str, Any] = field(default_factory=dict)
 
 
-def _layout(message: Any) -> _Layout:
-    length = message.length
-    signals = list(message.signals)
+def _layout(signals: list[Any], length: int) -> _Layout:
     found = {i: _aligned(s, length) for i, s in enumerate(signals)}
     little = [i for i, a in found.items() if a and signals[i].byte_order == "little_endian"]
     big = [i for i, a in found.items() if a and signals[i].byte_order == "big_endian"]
@@ -142,7 +140,11 @@ def _bytes_needed(signal: Any) -> int:
 
 @dataclass(frozen=True)
 class CompiledMessage:
-    """A message's fast decoders and the layout facts the adapters need."""
+    """A message's fast decoders and the layout facts the adapters need.
+
+    Compiled for one payload length (`length`): the message's own, or a shorter one, whose
+    decoders hold only the signals that lie wholly inside that many bytes (`compile_message`).
+    """
 
     name: str
     frame_id: int
@@ -155,6 +157,8 @@ class CompiledMessage:
     source: str  # the generated code, for inspection
     layout: _Layout = field(repr=False, default=_Layout((), ()))
     scaled: tuple[str, ...] = field(repr=False, default=())
+    is_float: tuple[bool, ...] = field(repr=False, default=())
+    message: Any = field(repr=False, default=None)  # the cantools Message
 
 
 def _build(name: str, source: str, namespace: dict[str, Any]) -> dict[str, Any]:
@@ -163,12 +167,18 @@ def _build(name: str, source: str, namespace: dict[str, Any]) -> dict[str, Any]:
     return ns
 
 
-def compile_message(message: Any) -> CompiledMessage:
-    """Compile a cantools Message into fast decoders (plain signals; multiplexing unsupported)."""
+def compile_message(message: Any, length: int | None = None) -> CompiledMessage:
+    """Compile a cantools Message into fast decoders (plain signals; multiplexing unsupported).
+
+    With a `length` shorter than the message's, the decoders take a payload of exactly `length`
+    bytes and give only the signals that lie wholly inside it (cantools' ``allow_truncated``).
+    """
     if message.is_multiplexed():
         raise ValueError(f"message {message.name}: multiplexed messages are not supported")
-    signals = list(message.signals)
-    layout = _layout(message)
+    full = message.length
+    length = full if length is None or length >= full else max(0, length)
+    signals = [s for s in message.signals if _bytes_needed(s) <= length]
+    layout = _layout(signals, length)
     scaled = tuple(_scaled(s, raw) for s, raw in zip(signals, layout.raws, strict=True))
     lines = []
     for fname, exprs in (("decode", scaled), ("decode_raw", layout.raws)):
@@ -182,7 +192,7 @@ def compile_message(message: Any) -> CompiledMessage:
         name=message.name,
         frame_id=message.frame_id,
         is_extended=message.is_extended_frame,
-        length=message.length,
+        length=length,
         signal_names=tuple(s.name for s in signals),
         bytes_needed=tuple(_bytes_needed(s) for s in signals),
         decode=namespace["decode"],
@@ -190,6 +200,8 @@ def compile_message(message: Any) -> CompiledMessage:
         source=source,
         layout=layout,
         scaled=scaled,
+        is_float=tuple(bool(s.is_float) for s in signals),
+        message=message,
     )
 
 
@@ -207,39 +219,100 @@ def _corrected(var: str, scale: float, offset: float, take_abs: bool, kind: str)
     return expr
 
 
-AlarmOutput = tuple[list[int], str, Sequence[tuple[int, int, int, int | None]]]
-"""(the alarm's slot list, owned by the adapter; its channel address; its inputs in this message as
-(signal index, slot, level, raw value that means active or None for any non-zero))."""
+AlarmInput = tuple[int, int, int, int | None, int | None]
+"""(signal index, slot, level, raw value that means active or None for any non-zero, raw value that
+means OK or None: with it, any other inactive value carries no information)."""
+
+AlarmOutput = tuple[list[int], str, Sequence[AlarmInput]]
+"""(the alarm's slot list, owned by the adapter; its channel address; its inputs in this message).
+
+A slot holds its input's level when active, 0 when OK, and -1 while it carries no information
+(nothing received yet, a value the device calls unsupported, a non-finite number)."""
 
 _LEVELS = (AlarmLevel.OK, AlarmLevel.WARNING, AlarmLevel.ALARM)
 
 
+def _finite(expr: str) -> str:
+    """A test that a float expression is finite: NaN and ±Infinity give x - x != 0."""
+    return f"{expr} - {expr} == 0"
+
+
 def compile_sampler(compiled: CompiledMessage, outputs: Sequence[ChannelOutput],
-                    alarms: Sequence[AlarmOutput] = ()) -> tuple[Sampler, str]:
-    """One function from a full-length payload and a timestamp to the channel samples; returns it and
-    its source.
+                    alarms: Sequence[AlarmOutput] = (), bad: list[int] | None = None) -> tuple[Sampler, str]:
+    """One function from a payload of `compiled.length` bytes and a timestamp to the channel samples;
+    returns it and its source.
 
     Each output becomes ``Sample(address, corrected value, timestamp_us, Quality.OK)``; the value
     is the decoded signal value ``* scale + offset`` (when not 1 and 0), then ``abs``, then
-    ``bool``/``int``, exactly as the adapter's generic path computes it. Each alarm sets the slots
-    of its inputs (``level`` when active, else 0) and yields ``Sample(address, AlarmLevel(max(slots)))``.
+    ``bool``/``int``, exactly as the adapter's generic path computes it. A float signal whose value
+    (or corrected value) is NaN or ±Infinity gives ``Sample(address, None, ts, Quality.INVALID)``
+    instead, and counts one in ``bad[0]``. Each alarm sets the slots of its inputs (``level`` when
+    active, 0 when OK, -1 when the value carries no information) and yields
+    ``Sample(address, AlarmLevel(max(slots)))``, or nothing while no slot carries information.
     """
-    used = sorted({o[0] for o in outputs} | {i for _, _, inputs in alarms for i, _, _, _ in inputs})
+    floats = compiled.is_float or (False,) * len(compiled.signal_names)
+    used = sorted({o[0] for o in outputs} | {inp[0] for _, _, inputs in alarms for inp in inputs})
     lines = ["def sample(data, ts, _new=_new, _S=_Sample, _OK=_OK, _L=_LEVELS):", *compiled.layout.head]
     lines += [f"    v{i} = {compiled.scaled[i]}" for i in used]
-    items = [
-        f"_new(_S, ({address!r}, {_corrected(f'v{i}', scale, offset, take_abs, kind)}, ts, _OK))"
-        for i, address, scale, offset, take_abs, kind in outputs
-    ]
+    items: list[str] = []
+    for j, (i, address, scale, offset, take_abs, kind) in enumerate(outputs):
+        if not floats[i]:
+            items.append(f"_new(_S, ({address!r}, {_corrected(f'v{i}', scale, offset, take_abs, kind)}, ts, _OK))")
+            continue
+        lines.append(f"    c{j} = {_corrected(f'v{i}', scale, offset, take_abs, 'number')}")
+        value = f"bool(c{j})" if kind == "bool" else f"int(c{j})" if kind == "int" else f"c{j}"
+        lines += [f"    if {_finite(f'c{j}')}:",
+                  f"        s{j} = _new(_S, ({address!r}, {value}, ts, _OK))",
+                  "    else:",
+                  f"        s{j} = _new(_S, ({address!r}, None, ts, _INVALID))",
+                  "        _bad[0] += 1"]
+        items.append(f"s{j}")
     namespace = {**compiled.layout.namespace, "_new": tuple.__new__, "_Sample": Sample, "_OK": Quality.OK,
-                 "_LEVELS": _LEVELS}
+                 "_INVALID": Quality.INVALID, "_LEVELS": _LEVELS, "_bad": bad if bad is not None else [0]}
     for k, (slots, address, inputs) in enumerate(alarms):
         namespace[f"_a{k}"] = slots
-        for i, slot, level, active_value in inputs:
+        unknown = False
+        for i, slot, level, active_value, ok_value in inputs:
             active = f"v{i}" if active_value is None else f"v{i} == {active_value!r}"
-            lines.append(f"    _a{k}[{slot}] = {level} if {active} else 0")
-        items.append(f"_new(_S, ({address!r}, _L[max(_a{k})], ts, _OK))")
+            inactive = "0" if ok_value is None else f"0 if v{i} == {ok_value!r} else -1"
+            if floats[i]:
+                unknown = True
+                lines += [f"    if {_finite(f'v{i}')}:",
+                          f"        _a{k}[{slot}] = {level} if {active} else {inactive}",
+                          "    else:",
+                          f"        _a{k}[{slot}] = -1",
+                          "        _bad[0] += 1"]
+                continue
+            unknown = unknown or ok_value is not None
+            lines.append(f"    _a{k}[{slot}] = {level} if {active} else {inactive}")
+        if unknown:
+            lines.append(f"    m{k} = max(_a{k})")
+            items.append(f"*((_new(_S, ({address!r}, _L[m{k}], ts, _OK)),) if m{k} >= 0 else ())")
+        else:
+            items.append(f"_new(_S, ({address!r}, _L[max(_a{k})], ts, _OK))")
     lines.append(f"    return [{', '.join(items)}]")
     source = "\n".join(lines) + "\n"
     sampler: Sampler = _build(compiled.name, source, namespace)["sample"]
     return sampler, source
+
+
+def compile_partial_sampler(compiled: CompiledMessage, length: int, outputs: Sequence[ChannelOutput],
+                            alarms: Sequence[AlarmOutput] = (), bad: list[int] | None = None) -> tuple[Sampler, str]:
+    """`compile_sampler` for a payload of `length` bytes, shorter than the message's.
+
+    `outputs` and `alarms` index the signals of `compiled` (the full message). Only the outputs and
+    alarm inputs whose signals lie wholly inside `length` bytes are kept: the others give no
+    sample (absent, never zero), and an alarm none of whose inputs fit gives none either.
+    """
+    part = compile_message(compiled.message, length)
+    index = {name: k for k, name in enumerate(part.signal_names)}
+    names = compiled.signal_names
+    kept: list[ChannelOutput] = [(index[names[i]], a, sc, off, ab, kind)
+                                 for i, a, sc, off, ab, kind in outputs if names[i] in index]
+    kept_alarms: list[AlarmOutput] = []
+    for slots, address, inputs in alarms:
+        fit = [(index[names[i]], slot, level, active, ok) for i, slot, level, active, ok in inputs
+               if names[i] in index]
+        if fit:
+            kept_alarms.append((slots, address, fit))
+    return compile_sampler(part, kept, kept_alarms, bad)

@@ -139,6 +139,11 @@ class Adapter(ABC):
     def on_frame(self, msg: can.Message, now_us: int) -> Output | None:
         """Decode one received frame. Return None if it is not this device's. Never raise."""
 
+    def counters(self) -> tuple[int, int]:
+        """(short frames, non-finite values) decoded so far: frames shorter than their message
+        declares, decoded in part, and numbers that gave no value. The dispatcher publishes them."""
+        return 0, 0
+
     @abstractmethod
     def tick(self, now_us: int) -> Output:
         """Periodic work: cyclic frames, supervision. Called every few milliseconds."""
