@@ -155,13 +155,26 @@ class MessageSettings(_Strict):
 
     period_ms: Millis | None = Field(None, description="expected period; stale after 2.5x")
     timeout_ms: Millis | None = Field(None, description="no frame for this long: device lost")
-    min_dlc: int | None = Field(None, ge=0, le=64, description="shortest DLC accepted (default: full length)")
+    min_dlc: int | None = Field(
+        None, ge=0, le=64,
+        description="strict: shorter frames are refused (bad frames). Unset: a shorter frame gives the signals it"
+        " holds, counted as a short frame",
+    )
+    max_dlc: int | None = Field(
+        None, ge=0, le=64, description="strict: longer frames are refused (bad frames). Unset: excess bytes are ignored"
+    )
     on_request: bool = Field(False, description="J1939: sent only when requested (the edge requests it)")
     request_interval_s: Seconds | None = Field(None, description="J1939: re-request it this often")
     optional: bool = Field(
         False,
         description="not every genuine device sends it: the passive scan scores on the required messages only",
     )
+
+    @model_validator(mode="after")
+    def _dlc_bounds(self) -> MessageSettings:
+        if self.min_dlc is not None and self.max_dlc is not None and self.min_dlc > self.max_dlc:
+            raise ValueError(f"min_dlc {self.min_dlc} is above max_dlc {self.max_dlc}")
+        return self
 
 
 class ChannelMap(_Strict):
@@ -193,6 +206,19 @@ class AlarmSource(_Strict):
     signal: str
     level: int = Field(2, ge=1, le=2)
     value: int | None = Field(None, description="the raw value that means active (default: any non-zero)")
+    ok: int | None = Field(
+        None,
+        description="the raw value that means OK; any other inactive value then carries no alarm information"
+        " (e.g. 0x35A: 1 active, 2 OK, 0 unsupported). Default: every inactive value is OK",
+    )
+
+    @model_validator(mode="after")
+    def _distinct(self) -> AlarmSource:
+        if self.ok is not None and self.value is None:
+            raise ValueError(f"ok {self.ok} needs value, the raw value that means active")
+        if self.ok is not None and self.ok == self.value:
+            raise ValueError(f"ok {self.ok} is also the active value; expected two different raw values")
+        return self
 
 
 class AlarmMap(_Strict):
