@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from emsbms.cli.common import CliState, err, handle_errors, state
+from emsbms.cli.common import err, handle_errors, state
 from emsbms.diag.logs import BusMap, DecodeStats, OfflineDecoder, SampleFormat, log_format, read_log, write_samples
 from emsbms.types import Sample
 
@@ -41,9 +41,6 @@ def summary(stats: DecodeStats, written: int, where: str) -> str:
 def command(
     ctx: typer.Context,
     file: Annotated[Path, typer.Argument(metavar="FILE", help="a .log, .asc, .blf, .csv or .trc log")],
-    site: Annotated[
-        Path | None, typer.Option("--site", metavar="FILE", help="the site file (overrides the global --site)")
-    ] = None,
     fmt: Annotated[SampleFormat, typer.Option("--format", help="csv (with a header row) or jsonl")] = SampleFormat.CSV,
     output: Annotated[
         Path | None, typer.Option("--output", "-o", metavar="OUT", help="write here instead of stdout")
@@ -62,7 +59,7 @@ def command(
     Columns: address, value, unit, timestamp_us, quality. Supervision runs on the log's clock.
     """
     log_format(file)
-    the_site = CliState(site=site).load_site() if site is not None else state(ctx).load_site()
+    the_site = state(ctx).load_site()
     decoder = OfflineDecoder(the_site, BusMap(the_site, bus or []))
     samples = matching(decoder.decode(read_log(file)), address or [])
     if output is None:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from emsbms.cli.common import ExitCode, err, handle_errors, json_text, state
+from emsbms.cli.common import ExitCode, channel_info, err, handle_errors, json_text, state
 from emsbms.edge import Edge
 from emsbms.edge.dispatch import now_us
 from emsbms.errors import ReadTimeout
@@ -31,12 +31,13 @@ def command(
 
     Exit 0 if every value arrived, 3 on timeout (the missing ones are named on stderr),
     2 for an unknown address. With --fresh each value is read from the device on demand
-    (an SDO upload for CANopen devices); protocols without on-demand reads exit 2.
+    (an SDO upload for CANopen devices); protocols without on-demand reads exit 2. A bus channel
+    (can0/RxRate) is the edge's own: --fresh waits for the next value it publishes.
     """
     started = now_us()
     edge = Edge(state(ctx).load_site())
     for address in addresses:
-        edge.registry.info(address)  # unknown address: exit 2 before opening any bus
+        channel_info(edge, address)  # unknown address: exit 2 before opening any bus
     got: dict[str, Reading] = {}
     missing: list[str] = []
     with edge:
@@ -44,7 +45,8 @@ def command(
         for address in dict.fromkeys(addresses):
             try:
                 left = max(0.0, deadline - time.monotonic())
-                got[address] = edge.read(address, left, after_us=started, fresh=fresh)
+                on_demand = fresh and address.split("/", 1)[0] in edge.adapters  # a device's, not a bus's
+                got[address] = edge.read(address, left, after_us=now_us() if fresh else started, fresh=on_demand)
             except ReadTimeout:
                 missing.append(address)
     _print(addresses, got, as_json)

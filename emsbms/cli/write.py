@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from emsbms.cli.common import ExitCode, handle_errors, json_text, state
+from emsbms.cli.common import ExitCode, channel_info, handle_errors, json_text, state
 from emsbms.edge import Edge
 from emsbms.errors import UnknownAddressError
 from emsbms.types import ChannelKind, CommandStatus, CommState
@@ -34,7 +34,7 @@ def parse_value(text: str) -> float:
 
 def check_command(edge: Edge, address: str) -> None:
     """Raise UnknownAddressError unless `address` is a command channel of the site."""
-    info = edge.registry.info(address)
+    info = channel_info(edge, address)
     if info.kind is not ChannelKind.COMMAND:
         device = address.split("/", 1)[0]
         adapter = edge.adapters.get(device)
@@ -59,7 +59,7 @@ def wait_for_device(edge: Edge, device: str, timeout: float) -> None:
 def command(
     ctx: typer.Context,
     address: Annotated[str, typer.Argument(metavar="ADDRESS", help="command channel, e.g. bms_0/SetChargeCurrent")],
-    value: Annotated[str, typer.Argument(metavar="VALUE", help="a number, or true/false")],
+    value: Annotated[str, typer.Argument(metavar="VALUE", help="a number (negative ones too: -77), or true/false")],
     timeout: Annotated[
         float,
         typer.Option(

@@ -9,11 +9,14 @@ profile engine importing the protocol layer above it.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from emsbms.errors import ProfileError
-from emsbms.profile.models import Profile
 
-ProfileCheck = Callable[[Profile], None]
+if TYPE_CHECKING:
+    from emsbms.profile.models import Profile
+
+ProfileCheck = Callable[["Profile"], None]
 
 _CHECKS: dict[str, ProfileCheck] = {}
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
 from emsbms.errors import ProfileError
 from emsbms.profile.checks import register_check
-from emsbms.profile.models import Profile
-from emsbms.protocols.base import Adapter
+
+if TYPE_CHECKING:
+    from emsbms.profile.models import Profile
+    from emsbms.protocols.base import Adapter
 
 ADAPTERS: dict[str, tuple[str, str]] = {
     "dbc": ("emsbms.protocols.dbc", "DbcAdapter"),
