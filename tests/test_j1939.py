@@ -150,10 +150,13 @@ def test_matched_by_pgn_and_source_whatever_the_priority() -> None:
     assert a.on_frame(frame(0x0CF091F4, "0096e50cda0c00ff"), now_us()) is None  # another source
 
 
-def test_short_frame_is_an_error_output() -> None:
+def test_short_frame_gives_the_parameters_it_holds_and_is_counted() -> None:
     a = make(source_address=0xF3)
-    out = a.on_frame(frame(0x0CF090F3, "d007ff"), now_us())
-    assert out is not None and out.error is not None and "HVES1D1 (PGN 0xF090) has 3 bytes, expected 8..8" in out.error
+    # HVES1D1 in 3 bytes: only bytes 1-2 (available discharge power, 2000 x 0.05 kW) are whole
+    v = values(a.on_frame(frame(0x0CF090F3, "d007ff"), now_us()))
+    assert v["bms/AvailableDischargePower"] == pytest.approx(100_000.0)
+    assert "bms/AvailableChargePower" not in v and "bms/Voltage" not in v and "bms/Current" not in v
+    assert a.counters() == (1, 0)  # one short frame, no bad value
 
 
 def test_device_needs_a_name_or_an_address() -> None:
@@ -446,8 +449,8 @@ class TestJ1939Contract(AdapterContract):
         ]
 
     def malformed_frames(self) -> list[can.Message]:
-        return [contract_msg(0x0CF090F3, bytes(3), True), contract_msg(0x18FECAF3, bytes(5), True),
-                contract_msg(0x18FECAF3, bytes(7), True)]
+        # a short HVES1D1 is no longer malformed: it gives the parameters it holds (tests above)
+        return [contract_msg(0x18FECAF3, bytes(5), True), contract_msg(0x18FECAF3, bytes(7), True)]
 
     def foreign_frames(self) -> list[can.Message]:
         return [contract_msg(0x0CF090F4, bytes(8), True), contract_msg(0x123, bytes(8)),

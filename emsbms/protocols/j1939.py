@@ -12,6 +12,7 @@ by the acknowledgement PGN 0xE800.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -24,7 +25,7 @@ from emsbms.profile.codec import CompiledMessage, compile_message
 from emsbms.profile.models import HexInt, Millis, Seconds
 from emsbms.protocols.base import EMPTY, AckCheck, Adapter, CommandPlan, DeviceConfig, Output, SentFrame
 from emsbms.protocols.cyclic import CyclicSetpoints
-from emsbms.protocols.dbc import check_signal_refs, validate_command_value
+from emsbms.protocols.dbc import check_signal_refs, dlc_text, validate_command_value
 from emsbms.protocols.j1939_commands import PendingCommands, ack_check
 from emsbms.protocols.j1939_dm import LAMPS, Dtc, LampState, dtcs_json, parse_dm1
 from emsbms.protocols.j1939_names import (
@@ -180,6 +181,7 @@ class _AlarmIn:
     value: int | None
     invalid_from: int
     mask: int
+    ok: int | None = None  # the raw value meaning OK; other inactive values carry no information
 
 
 @dataclass(slots=True)
@@ -188,7 +190,9 @@ class _Route:
 
     compiled: CompiledMessage
     pgn: int
-    min_len: int
+    min_len: int | None  # the profile's strict bounds (None: no bound)
+    max_len: int | None
+    declared: int  # shorter frames are short frames: the profile's min_dlc, else the group's length
     outputs: tuple[_Out, ...]
     alarms: tuple[_AlarmIn, ...]
 
@@ -271,7 +275,9 @@ class J1939Adapter(Adapter):
         self._request_of = {r.pgn: r for r in self._requests}
         if self.options.dm1_period_ms is not None:
             self.supervisor.watch(PGN_DM1, int(self.options.dm1_period_ms * 1000), self._dm1_addresses())
-        self._alarm_slots = {name: [0] * len(al.sources) for name, al in m.alarms.items()}
+        self._alarm_slots = {name: [-1] * len(al.sources) for name, al in m.alarms.items()}
+        self._short_frames = 0
+        self._bad_values = 0
         self.active_dtcs: tuple[Dtc, ...] = ()
         self._active = CyclicSetpoints()
         self._pending: list[Sample] = []
@@ -317,14 +323,16 @@ class J1939Adapter(Adapter):
         outputs = tuple(out(n, ch) for n, ch in m.channels.items() if ch.message == msg.name and ch.signal)
         alarms = tuple(
             _AlarmIn(index[s.signal], name, slot, s.level, s.value, j1939_limits(lengths[s.signal])[0],
-                     (1 << lengths[s.signal]) - 1)
+                     (1 << lengths[s.signal]) - 1, s.ok)
             for name, al in m.alarms.items()
             for slot, s in enumerate(al.sources)
             if s.message == msg.name
         )
         settings = m.messages.get(msg.name)
-        min_len = settings.min_dlc if settings and settings.min_dlc is not None else msg.length
-        return _Route(compiled, message_pgn(msg.frame_id), min_len, outputs, alarms)
+        min_len = settings.min_dlc if settings else None
+        max_len = settings.max_dlc if settings else None
+        declared = min(min_len, msg.length) if min_len is not None else msg.length
+        return _Route(compiled, message_pgn(msg.frame_id), min_len, max_len, declared, outputs, alarms)
 
     def _dm1_addresses(self) -> list[str]:
         p = self.prefix
@@ -500,11 +508,14 @@ class J1939Adapter(Adapter):
             return None
         n = len(data)
         length = route.compiled.length
-        if n < route.min_len:
+        low, high = route.min_len, route.max_len
+        if (low is not None and n < low) or (high is not None and n > high):
             return Output(error=f"{self.device_name}: {route.compiled.name} (PGN 0x{pgn:04X}) has {n} bytes,"
-                                f" expected {route.min_len}..{length}")
-        if n != length:
+                                f" expected {dlc_text(low, high)}")
+        if n != length:  # excess bytes ignored; a short group gives the parameters it holds
             data = data[:length].ljust(length, b"\xff")
+            if n < route.declared:
+                self._short_frames += 1
         samples = self._values(route, data, n, timestamp_us)
         transition = self.supervisor.seen(pgn, timestamp_us)
         if transition:
@@ -530,6 +541,10 @@ class J1939Adapter(Adapter):
             v = values[o.index] * o.scale + o.offset
             if o.take_abs:
                 v = abs(v)
+            if not math.isfinite(v):  # a float parameter: NaN or infinity is no value
+                self._bad_values += 1
+                samples.append(Sample(o.address, None, ts, Quality.INVALID))
+                continue
             samples.append(Sample(o.address, bool(v) if o.kind == "bool" else int(v) if o.kind == "int" else v, ts))
         if route.alarms:
             samples.extend(self._alarms(route.alarms, raws, needed, n, ts))
@@ -543,10 +558,13 @@ class J1939Adapter(Adapter):
                 continue
             raw = raws[a.index] & a.mask
             active = raw == a.value if a.value is not None else (raw != 0 and raw < a.invalid_from)
-            self._alarm_slots[a.name][a.slot] = a.level if active else 0
+            self._alarm_slots[a.name][a.slot] = a.level if active else 0 if a.ok is None or raw == a.ok else -1
             touched[a.name] = None
         return [Sample(self.prefix + "Alarm/" + name, AlarmLevel(max(self._alarm_slots[name])), ts)
-                for name in touched]
+                for name in touched if max(self._alarm_slots[name]) >= 0]
+
+    def counters(self) -> tuple[int, int]:
+        return self._short_frames, self._bad_values
 
     def _dm1(self, data: bytes, ts: int) -> Output:
         try:
