@@ -121,6 +121,38 @@ def test_a_second_run_log_in_one_process_is_refused_and_changes_nothing(tmp_path
     assert rows(db, "SELECT count(*) FROM samples") == [(1,)]
 
 
+
+def test_edge_from_db_is_refused_while_run_holds_the_db_and_works_after_sigkill(tmp_path: Path) -> None:
+    site = pylon_site(tmp_path / "site.toml")
+    db = tmp_path / "edge.db"
+    assert runner.invoke(app, ["--db", str(db), "site", "import", str(site)]).exit_code == 0
+    holder = subprocess.Popen([*emsbms_command(), "--db", str(db), "run"],  # its edge: from_db with run's lock
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait(lambda: maybe_rows(db, "SELECT count(*) FROM runs") == [(1,)], 30)
+        assert holder.poll() is None  # run did not deadlock on its own lock
+        with pytest.raises(ConfigError) as refused:
+            Edge.from_db(db)
+        assert str(refused.value).startswith(f"database {db} is in use by the edge with PID {holder.pid} (started ")
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(20)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+        holder.communicate(timeout=20)
+    with pytest.raises(TypeError):  # an edge that cannot be built gives the lock back at once
+        Edge.from_db(db, no_such_option=1)
+    edge = Edge.from_db(db)
+    assert [d.name for d in edge.site.devices] == ["bms_0"]
+    with pytest.raises(ConfigError) as second:  # the edge holds the lock until it stops
+        RunLog(db)
+    assert str(second.value).startswith(f"database {db} is in use by the edge with PID {os.getpid()} (started ")
+    with edge:
+        pass
+    with RunLog(db, site="after"):  # stop() gave it up
+        pass
+    assert rows(db, "SELECT site FROM runs ORDER BY id") == [("lock",), ("after",)]
+
 # -- retention -------------------------------------------------------------------------------------
 
 
@@ -169,6 +201,82 @@ def test_the_size_limit_deletes_the_oldest_rows_and_gives_the_space_back(tmp_pat
     conn.close()
     log.close()
 
+
+
+def partitions(db: Path) -> list[tuple[str, int, int, int]]:
+    """Every partition table: name, rows, smallest and largest timestamp."""
+    names = [r[0] for r in rows(db, "SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE 'samples_%'"
+                                " ORDER BY name")]
+    return [(n, *rows(db, f"SELECT count(*), min(timestamp_us), max(timestamp_us) FROM {n}")[0]) for n in names]
+
+
+def write_step(log: RunLog, first: int, n: int, text: str = "") -> int:
+    for i in range(first, first + n):
+        log.record("a/X", Reading(text or float(i), "", i, Quality.OK))
+    assert wait(lambda: log.written == first + n)
+    return first + n
+
+
+def test_retention_drops_whole_partitions_by_arrival(tmp_path: Path) -> None:
+    db = tmp_path / "parts.db"
+    clock = Clock(10_000_000_000)
+    log = RunLog(db, flush_s=0.05, clock=clock, retention=Retention(max_age_s=60, part_s=20, every_s=3600))
+    n = 0
+    for _ in range(8):  # 100 rows every 10 s: a partition takes two steps
+        n = write_step(log, n, 100)
+        log.prune()
+        clock.now += 10_000_000
+    assert [p[:2] for p in partitions(db)] == [("samples_000001", 200), ("samples_000002", 200),
+                                               ("samples_000003", 200), ("samples_000004", 200)]
+    log.prune()  # 80 s: the first partition's last rows arrived 70 s ago
+    log.close()
+    assert partitions(db) == [("samples_000002", 200, 200, 399), ("samples_000003", 200, 400, 599),
+                              ("samples_000004", 200, 600, 799)]
+    assert log.pruned == 200
+    assert rows(db, "SELECT id, first_us - 10000000000, last_us - 10000000000, rows FROM log_parts") == [
+        (2, 20_000_000, 30_000_000, 200), (3, 40_000_000, 50_000_000, 200), (4, 60_000_000, 70_000_000, 200)]
+    assert rows(db, "SELECT count(*), min(timestamp_us), max(timestamp_us) FROM samples") == [(600, 200, 799)]
+
+
+def test_at_the_size_limit_whole_partitions_go_and_the_file_stops_growing(tmp_path: Path) -> None:
+    db = tmp_path / "limit.db"
+    clock = Clock(10_000_000_000)
+    log = RunLog(db, flush_s=0.05, clock=clock, retention=Retention(max_bytes=1 << 20, part_s=1, every_s=3600))
+    n = 0
+    file_pages: list[int] = []
+    for _ in range(60):  # 3 MB through a 1 MiB log: 100 rows of 500 bytes a second, a partition each
+        n = write_step(log, n, 100, "x" * 500)
+        clock.now += 1_000_000
+        log.prune()
+        with sqlite3.connect(db) as conn:
+            file_pages.append(pages(conn).count)
+    log.close()
+    assert max(file_pages) * 4096 <= (1 << 20) + (1 << 16)
+    assert len(set(file_pages[-20:])) == 1  # at the limit: the dropped pages are reused, the file stays
+    kept = partitions(db)
+    assert all(count == 100 and hi - lo == 99 and lo % 100 == 0 for _, count, lo, hi in kept)  # whole ones
+    assert kept[-1][3] == 5_999 and kept[0][2] == 6_000 - 100 * len(kept) and 10 < len(kept) < 20
+    assert log.pruned == 6_000 - 100 * len(kept)
+
+
+def test_an_older_single_table_log_becomes_the_oldest_partition(tmp_path: Path) -> None:
+    db = tmp_path / "old.db"
+    with sqlite3.connect(db) as conn:
+        conn.executescript("""
+            CREATE TABLE samples (address TEXT NOT NULL, value, unit TEXT, timestamp_us INTEGER NOT NULL, quality TEXT);
+            CREATE INDEX samples_address_time ON samples (address, timestamp_us);
+            CREATE TABLE log_marks (last_rowid INTEGER PRIMARY KEY, at_us INTEGER NOT NULL);
+            INSERT INTO samples VALUES ('a/X', 1.0, 'V', 1, 'ok'), ('a/X', 2.0, 'V', 2, 'ok');
+            INSERT INTO log_marks VALUES (2, 5000000);
+        """)
+    with RunLog(db, clock=lambda: 9_000_000) as log:
+        log.record("a/X", Reading(3.0, "V", 3, Quality.OK))
+    assert partitions(db) == [("samples_000001", 2, 1, 2), ("samples_000002", 1, 3, 3)]
+    assert rows(db, "SELECT id, first_us, last_us, rows FROM log_parts") == [(1, 5_000_000, 9_000_000, 2),
+                                                                             (2, 9_000_000, 9_000_000, 1)]
+    assert rows(db, "SELECT value FROM samples") == [(1.0,), (2.0,), (3.0,)]
+    assert rows(db, "SELECT name FROM sqlite_master WHERE name IN ('log_marks', 'samples_address_time')") == []
+    assert rows(db, "SELECT type FROM sqlite_master WHERE name = 'samples'") == [("view",)]
 
 # -- a full disk -------------------------------------------------------------------------------------
 

@@ -60,7 +60,8 @@ def command(
     lock = EdgeLock.acquire(path)  # before the edge exists: a second edge never opens a bus
     try:
         site = state(ctx).load_site(db=path)
-        edge = Edge(site)
+        # without --site the edge comes from the database: it gets the lock this process holds
+        edge = Edge(site) if state(ctx).site is not None else Edge.from_db(path, lock=lock)
         runlog = RunLog(path, site=site.name, retention=retention, lock=lock)
         _run(edge, runlog, path, duration)
     finally:

@@ -2,31 +2,40 @@
 
 Tables (in the edge database, beside the profile store):
 
-- ``samples(address, value, unit, timestamp_us, quality)``: one row per channel update, in the order
-  they arrived (rowid). No secondary index: an index keyed by address is written all over at every
-  commit (the old ``samples_address_time`` cost 36 bytes of disk writes per byte of samples), so it
-  is dropped when an older file is opened. Query by address with a scan, or copy the file and index it.
+- ``samples_000001``, ``samples_000002``, …: the partitions. One table per period (an hour by
+  default, see `Retention.part_s`) or per sixteenth of the size limit, whichever comes first;
+  ``address, value, unit, timestamp_us, quality``, one row per channel update in the order they
+  arrived, no index (an index keyed by address is written all over at every commit).
+- ``samples``: a view, the UNION ALL of the partitions oldest first, recreated with them; query it
+  as the table it used to be.
+- ``log_parts(id, first_us, last_us, rows, bytes)``: one row per partition: when its first and
+  last rows arrived (by the log's clock, not the rows' timestamps), how many rows, how many bytes
+  of pages (refreshed at every retention check).
 - ``channels(address, device, unit, kind, description, minimum, maximum)``: channel metadata.
 - ``runs(id, site, started_us, stopped_us, samples, dropped, lost)``: one row per run, its counters
   refreshed while it runs.
-- ``log_marks(last_rowid, at_us)``: the last row that had arrived at each retention check; the age
-  limit deletes by these marks, not by the rows' own timestamps.
+
+A file from an older emsbms (one ``samples`` table, ``log_marks``) is migrated when opened: its
+table is renamed to the first partition, so its rows are kept as the oldest.
 
 One edge per database: `RunLog` holds `EdgeLock` (an ``flock`` on ``<db>.lock``, released by the
 kernel when the process dies, even by SIGKILL). A second one on the same file is refused with the
 holder's PID.
 
 Writes: WAL journal with ``synchronous=NORMAL``, one transaction per flush interval (1 s). Every
-`Retention.every_s` the writer deletes the oldest rows in batches: those that arrived more than
-``max_age_s`` ago, then more until its pages take at most ``max_bytes`` (down to 90 % of it, so it does not prune at
-every flush); SQLite reuses the freed pages, so the file stops growing at about ``max_bytes``.
+`Retention.every_s` the writer drops whole partitions: those whose last row arrived more than
+``max_age_s`` ago, then the oldest until the pages take at most ``max_bytes`` (down to 90 % of
+it). ``DROP TABLE`` puts a partition's pages on the free list without writing them, and the newest
+partition reuses them, so at the limit the log writes no more than while it grows (deleting rows
+from the front of one table rebalanced its B-tree: 3.1–3.3 bytes written per byte of samples).
 A file created with ``auto_vacuum=INCREMENTAL`` is also shrunk step by step when more than a
 quarter of ``max_bytes`` is free (after a lower limit).
 
 `RunLog.record` is a registry callback: it only puts the update on a bounded queue (dropping
 and counting when the queue is full), so the receive thread never waits for the disk. A write the
 disk refuses (full, or another database error) is counted in ``lost`` with one warning, not a
-traceback per flush; on a full disk the oldest rows are deleted to make room for the newest.
+traceback per flush; on a full disk the oldest partition is dropped (the oldest rows deleted when
+only one is left) to make room for the newest.
 """
 
 from __future__ import annotations
@@ -42,7 +51,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from emsbms.errors import ConfigError
 from emsbms.types import ChannelInfo, Quality, Reading, Value
@@ -50,17 +59,12 @@ from emsbms.types import ChannelInfo, Quality, Reading, Value
 log = logging.getLogger(__name__)
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS samples (
-    address TEXT NOT NULL,
-    value,
-    unit TEXT,
-    timestamp_us INTEGER NOT NULL,
-    quality TEXT
-);
-DROP INDEX IF EXISTS samples_address_time;
-CREATE TABLE IF NOT EXISTS log_marks (
-    last_rowid INTEGER PRIMARY KEY,
-    at_us INTEGER NOT NULL
+CREATE TABLE IF NOT EXISTS log_parts (
+    id INTEGER PRIMARY KEY,
+    first_us INTEGER NOT NULL,
+    last_us INTEGER NOT NULL,
+    rows INTEGER NOT NULL DEFAULT 0,
+    bytes INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS channels (
     address TEXT PRIMARY KEY,
@@ -83,7 +87,8 @@ CREATE TABLE IF NOT EXISTS runs (
 """
 
 Row = tuple[str, Any, str, int, str]
-_INSERT = "INSERT INTO samples (address, value, unit, timestamp_us, quality) VALUES (?, ?, ?, ?, ?)"
+T = TypeVar("T")
+_COLUMNS = "address, value, unit, timestamp_us, quality"
 _UPSERT_CHANNEL = (
     "INSERT OR REPLACE INTO channels (address, device, unit, kind, description, minimum, maximum)"
     " VALUES (?, ?, ?, ?, ?, ?, ?)"
@@ -96,6 +101,11 @@ DEFAULT_MAX_BYTES = 1 << 30
 """The run log's pages take at most this much (1 GiB)."""
 DEFAULT_MIN_FREE_BYTES = 64 << 20
 """The run log shrinks rather than leave less than this free on its file system (64 MiB)."""
+DEFAULT_PART_S = 3600.0
+"""A partition takes the rows of one hour at most (less with a short age limit)."""
+MAX_PARTS = 400
+"""Partitions at most (SQLite joins at most 500 selects in one UNION ALL): the newest one then grows."""
+MIN_PART_BYTES = 64 << 10
 
 
 def now_us() -> int:
@@ -170,7 +180,6 @@ class EdgeLock:
     def held(self) -> bool:
         return self._fd is not None
 
-
 # -- retention -------------------------------------------------------------------------------------
 
 
@@ -178,10 +187,14 @@ class EdgeLock:
 class Retention:
     """How much run log to keep: rows younger than `max_age_s`, pages up to `max_bytes`, and
     less when the file system has under `min_free_bytes` free (the log then stops growing: its
-    oldest rows give their pages to the newest).
+    oldest partitions give their pages to the newest).
 
-    Checked every `every_s` seconds by the writer; rows are deleted `batch` at a time, each batch
-    in its own transaction, so inserts never wait long behind a prune.
+    Rows go into one partition (table) per `part_s` seconds (default: an hour, or a 24th of
+    `max_age_s` if that is shorter, or a 400th if that is longer), or per sixteenth of the size
+    limit, whichever is reached first. Retention drops whole partitions, so a row is kept up to
+    one partition's period past `max_age_s`. Checked every `every_s` seconds by the writer.
+    `batch` rows at a time are deleted from the newest partition when it is the only one left and
+    still too large.
     """
 
     max_age_s: float = DEFAULT_MAX_AGE_S
@@ -189,12 +202,22 @@ class Retention:
     min_free_bytes: int = DEFAULT_MIN_FREE_BYTES
     every_s: float = 10.0
     batch: int = 20_000
+    part_s: float | None = None
 
     def __post_init__(self) -> None:
         if not self.max_age_s > 0:
             raise ConfigError(f"run log: the maximum age must be above 0 s, found {self.max_age_s:g} s")
         if self.max_bytes < 1 << 20:
             raise ConfigError(f"run log: the maximum size must be at least 1 MiB, found {self.max_bytes} bytes")
+        if self.part_s is not None and not self.part_s > 0:
+            raise ConfigError(f"run log: the partition period must be above 0 s, found {self.part_s:g} s")
+
+    @property
+    def period_s(self) -> float:
+        """How long one partition takes rows."""
+        if self.part_s is not None:
+            return self.part_s
+        return max(min(DEFAULT_PART_S, self.max_age_s / 24), self.max_age_s / MAX_PARTS)
 
 
 @dataclass(frozen=True)
@@ -206,8 +229,12 @@ class Pages:
     size: int
 
     @property
+    def used(self) -> int:
+        return self.count - self.free
+
+    @property
     def used_bytes(self) -> int:
-        return (self.count - self.free) * self.size
+        return self.used * self.size
 
     @property
     def free_bytes(self) -> int:
@@ -220,71 +247,61 @@ def pages(conn: sqlite3.Connection) -> Pages:
     return Pages(count, free, size)
 
 
-def _delete_oldest(conn: sqlite3.Connection, n: int, upto_rowid: int | None = None) -> int:
-    """Delete up to the `n` oldest rows (by arrival), only those up to `upto_rowid` if given."""
-    where = "" if upto_rowid is None else f"WHERE rowid <= {int(upto_rowid)} "
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        deleted = conn.execute(
-            f"DELETE FROM samples WHERE rowid IN (SELECT rowid FROM samples {where}ORDER BY rowid LIMIT ?)", [n]
-        ).rowcount
-        # marks of rows gone (all of them once the table is empty: its rowids start again at 1)
-        conn.execute("DELETE FROM log_marks WHERE last_rowid < (SELECT coalesce(min(rowid), 1 << 62) FROM samples)")
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    return int(deleted)
+# -- partitions ------------------------------------------------------------------------------------
 
 
-def mark(conn: sqlite3.Connection, now: int) -> None:
-    """Note which rows had arrived by `now`: the age limit deletes by these marks, not by the rows'
-    own timestamps, so a device clock far off (or a replayed log) neither keeps nor drops rows."""
-    conn.execute("INSERT OR REPLACE INTO log_marks (last_rowid, at_us) SELECT max(rowid), ? FROM samples"
-                 " WHERE (SELECT max(rowid) FROM samples) IS NOT NULL", [now])
+def part_name(part_id: int) -> str:
+    """The table of partition `part_id`: samples_000001, …"""
+    return f"samples_{part_id:06d}"
 
 
-def prune(conn: sqlite3.Connection, keep: Retention, now: int, room: int | None = None, max_batches: int = 50) -> int:
-    """Delete the rows that arrived before the age limit, then the oldest until the size limit
-    holds; returns the rows deleted. At most `max_batches` transactions per call.
+@dataclass
+class Part:
+    """The partition rows go to: its id, when its first and last rows arrived, its rows and the
+    used pages of the file when it started (what it grew since is its size)."""
 
-    With only `room` bytes free on the file system, under `keep.min_free_bytes`, the file must not
-    grow: rows are deleted until it holds the shortfall in free pages, which the next rows reuse.
-    """
-    deleted = 0
-    batches = 0
-    cutoff = now - int(keep.max_age_s * 1e6)
-    (edge,) = conn.execute("SELECT max(last_rowid) FROM log_marks WHERE at_us < ?", [cutoff]).fetchone()
-    while edge is not None and batches < max_batches:  # by age
-        n = _delete_oldest(conn, keep.batch, int(edge))
-        deleted += n
-        batches += 1
-        if n < keep.batch:
-            break
-    p = pages(conn)
-    limit = keep.max_bytes
-    target = keep.max_bytes * 9 // 10  # down to 90 %: not a prune at every check
-    if room is not None and room < keep.min_free_bytes:  # stop growing: free pages in the file for new rows
-        limit = target = min(target, p.count * p.size - (keep.min_free_bytes - room))
-    over = p.used_bytes > limit
-    while over and p.used_bytes > target and batches < max_batches:  # by size
-        rows = _row_span(conn)
-        if rows == 0:
-            break
-        per_row = max(1, p.used_bytes // rows)
-        deleted += _delete_oldest(conn, min(keep.batch, max(1, -(-(p.used_bytes - target) // per_row))))
-        batches += 1
-        p = pages(conn)
-    if _incremental(conn) and p.free_bytes > keep.max_bytes // 4:
-        # executescript steps it to the end (execute frees one page per call)
-        conn.executescript(f"PRAGMA incremental_vacuum({min(p.free, 2048)});")
-    return deleted
+    id: int
+    first_us: int
+    last_us: int
+    rows: int
+    start_pages: int
+
+    def size(self, p: Pages) -> int:
+        return max(0, p.used - self.start_pages) * p.size
 
 
-def _row_span(conn: sqlite3.Connection) -> int:
-    """About how many rows `samples` holds (rowids are given in arrival order; no full count)."""
+def part_ids(conn: sqlite3.Connection) -> list[int]:
+    return [int(r[0]) for r in conn.execute("SELECT id FROM log_parts ORDER BY id")]
+
+
+def make_view(conn: sqlite3.Connection) -> None:
+    """(Re)create the ``samples`` view over every partition, oldest first."""
+    ids = part_ids(conn)
+    body = " UNION ALL ".join(f"SELECT {_COLUMNS} FROM {part_name(i)}" for i in ids)
+    conn.execute("DROP VIEW IF EXISTS samples")
+    conn.execute(f"CREATE VIEW samples ({_COLUMNS}) AS {body or 'SELECT NULL, NULL, NULL, NULL, NULL WHERE 0'}")
+
+
+def migrate(conn: sqlite3.Connection, now: int) -> bool:
+    """A file from an older emsbms: its ``samples`` table becomes the oldest partition (its rows
+    kept, dated as arrived by `now`), its index and ``log_marks`` go. True if it did."""
+    found = conn.execute("SELECT type FROM sqlite_master WHERE name = 'samples'").fetchone()
+    if found is None or found[0] != "table":
+        return False
+    (first,) = conn.execute("SELECT coalesce(min(id), 1) FROM log_parts").fetchone()
+    part_id = int(first) - 1 if part_ids(conn) else 1
     lo, hi = conn.execute("SELECT min(rowid), max(rowid) FROM samples").fetchone()
-    return 0 if lo is None else int(hi) - int(lo) + 1
+    marked = conn.execute("SELECT min(at_us) FROM log_marks").fetchone() if _has_table(conn, "log_marks") else (None,)
+    conn.execute("DROP INDEX IF EXISTS samples_address_time")
+    conn.execute(f"ALTER TABLE samples RENAME TO {part_name(part_id)}")
+    conn.execute("INSERT INTO log_parts (id, first_us, last_us, rows) VALUES (?, ?, ?, ?)",
+                 [part_id, marked[0] if marked[0] is not None else now, now, 0 if lo is None else hi - lo + 1])
+    conn.execute("DROP TABLE IF EXISTS log_marks")
+    return True
+
+
+def _has_table(conn: sqlite3.Connection, name: str) -> bool:
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", [name]).fetchone() is not None
 
 
 def _incremental(conn: sqlite3.Connection) -> bool:
@@ -307,10 +324,10 @@ class RunLog:
         queue_size: updates held in memory at most; beyond it updates are dropped and counted.
         batch: the largest number of rows inserted in one transaction.
         flush_s: how long the writer gathers rows before it commits them (one transaction).
-        retention: how much log to keep (age and size).
+        retention: how much log to keep (age and size) and how it is partitioned.
         lock: the database's `EdgeLock`, if the caller holds it already (then the caller releases
             it); without one the run log takes it, and raises ConfigError if another edge has it.
-        clock: µs since the epoch; stamps the rows of stale transitions.
+        clock: µs since the epoch; dates the partitions (arrival) and the rows of stale transitions.
     """
 
     def __init__(
@@ -336,6 +353,8 @@ class RunLog:
         self.pruned = 0
         self.writer_thread_name = ""
         self.site = site
+        self.part: Part | None = None  # the partition rows go to (None until the first row)
+        self._part_bytes = max(MIN_PART_BYTES, self.retention.max_bytes // 16)
         self._failing = False
         self._owns_lock = lock is None
         self.lock = lock if lock is not None else EdgeLock.acquire(self.path)
@@ -364,17 +383,45 @@ class RunLog:
                 log.warning("run log %s: journal mode %s, not wal: every commit writes more", self.path, mode)
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA secure_delete = OFF")  # builds that default it on zero every deleted page
-            conn.executescript(_SCHEMA)
-            columns = [r[1] for r in conn.execute("PRAGMA table_info(runs)")]
-            if "lost" not in columns:  # a file from an older emsbms
-                conn.execute("ALTER TABLE runs ADD COLUMN lost INTEGER NOT NULL DEFAULT 0")
-            cur = conn.execute("INSERT INTO runs (site, started_us, samples, dropped, lost) VALUES (?, ?, 0, 0, 0)",
-                               [self.site, now_us()])
-            self.run_id = int(cur.lastrowid or 0)
+            now = self.clock()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                columns = [r[1] for r in conn.execute("PRAGMA table_info(runs)")]
+                if "lost" not in columns:  # a file from an older emsbms
+                    conn.execute("ALTER TABLE runs ADD COLUMN lost INTEGER NOT NULL DEFAULT 0")
+                migrated = migrate(conn, now)
+                if migrated or not _has_view(conn, "samples"):
+                    make_view(conn)
+                # a run that did not stop (killed, power cut) refreshed its partition's last_us only
+                # at its last retention check: its rows may have arrived until now
+                conn.execute("UPDATE log_parts SET last_us = max(last_us, ?) WHERE id = (SELECT max(id) FROM log_parts)"
+                             " AND EXISTS (SELECT 1 FROM runs WHERE stopped_us IS NULL)", [now])
+                cur = conn.execute("INSERT INTO runs (site, started_us, samples, dropped, lost) VALUES (?, ?, 0, 0, 0)",
+                                   [self.site, now_us()])
+                self.run_id = int(cur.lastrowid or 0)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            self.part = None if migrated else self._last_part(conn)  # not grown: its size is unknown
         except sqlite3.Error as e:
             conn.close()
             raise ConfigError(f"run log {self.path}: cannot prepare its tables: {e}") from e
         return conn
+
+    @staticmethod
+    def _last_part(conn: sqlite3.Connection) -> Part | None:
+        """The newest partition, which this run appends to until it is due to be followed."""
+        found = conn.execute("SELECT id, first_us, last_us, rows, bytes FROM log_parts ORDER BY id DESC LIMIT 1"
+                             ).fetchone()
+        if found is None:
+            return None
+        p = pages(conn)
+        return Part(int(found[0]), int(found[1]), int(found[2]), int(found[3]), p.used - int(found[4]) // p.size)
 
     # -- producers (any thread, never blocking) ---------------------------------------------
 
@@ -437,22 +484,24 @@ class RunLog:
                 next_prune = time.monotonic() + self.retention.every_s
                 self.prune()
 
-    def _in_transaction(self, work: Callable[[], object]) -> None:
+    def _in_transaction(self, work: Callable[[], T]) -> T:
         self.conn.execute("BEGIN IMMEDIATE")
         try:
-            work()
+            result = work()
             self.conn.execute("COMMIT")
         except BaseException:
             if self.conn.in_transaction:
                 self.conn.execute("ROLLBACK")
             raise
+        return result
 
     def _insert(self, rows: list[Row]) -> None:
         with self._db_lock:
+            now = self.clock()
             try:
-                self._in_transaction(lambda: self.conn.executemany(_INSERT, rows))
+                self._append(rows, now)
             except sqlite3.Error as e:
-                if not (_is_full(e) and self._make_room(rows)):
+                if not (_is_full(e) and self._make_room(rows, now)):
                     self._failed(e, len(rows))
                     return
             self.written += len(rows)
@@ -460,17 +509,59 @@ class RunLog:
                 self._failing = False
                 log.warning("run log %s: writing again; %d samples were lost", self.path, self.lost)
 
-    def _make_room(self, rows: list[Row]) -> bool:
-        """The disk is full: delete the oldest rows (their pages are reused) and insert again."""
+    def _due(self, part: Part | None, now: int) -> bool:
+        """A new partition is due: none yet, or the newest one is a period old or full."""
+        if part is None:
+            return True
+        if len(part_ids(self.conn)) >= MAX_PARTS:
+            return False
+        return (now - part.first_us >= self.retention.period_s * 1e6
+                or part.size(pages(self.conn)) >= self._part_bytes)
+
+    def _append(self, rows: list[Row], now: int) -> None:
+        """Insert `rows` into the newest partition, after starting a new one if it is due: one
+        transaction, and the partition in memory changes only once it committed."""
+        old = self.part
+        new = self._due(old, now)
+
+        def work() -> Part:
+            part = old
+            if new or part is None:
+                part = self._start_part(old, now)
+            self.conn.executemany(f"INSERT INTO {part_name(part.id)} ({_COLUMNS}) VALUES (?, ?, ?, ?, ?)", rows)
+            return part
+
+        part = self._in_transaction(work)
+        part.last_us = now
+        part.rows += len(rows)
+        self.part = part
+
+    def _start_part(self, old: Part | None, now: int) -> Part:
+        """Close `old` (its last arrival, rows and size) and create the next partition and view."""
+        p = pages(self.conn)
+        if old is not None:
+            self.conn.execute("UPDATE log_parts SET last_us = ?, rows = ?, bytes = ? WHERE id = ?",
+                              [old.last_us, old.rows, old.size(p), old.id])
+        (last,) = self.conn.execute("SELECT coalesce(max(id), 0) FROM log_parts").fetchone()
+        part = Part(int(last) + 1, now, now, 0, p.used)
+        self.conn.execute(f"CREATE TABLE {part_name(part.id)} (address TEXT NOT NULL, value, unit TEXT,"
+                          " timestamp_us INTEGER NOT NULL, quality TEXT)")
+        self.conn.execute("INSERT INTO log_parts (id, first_us, last_us) VALUES (?, ?, ?)", [part.id, now, now])
+        make_view(self.conn)
+        return part
+
+    def _make_room(self, rows: list[Row], now: int) -> bool:
+        """The disk is full: drop the oldest partition (its pages are reused; the oldest rows of
+        the only one) and insert again."""
         try:
-            freed = _delete_oldest(self.conn, max(len(rows) * 2, self.retention.batch))
+            freed = self._drop_oldest(max(len(rows) * 2, self.retention.batch))
         except sqlite3.Error:
             return False
         self.pruned += freed
         if freed == 0:
             return False
         try:
-            self._in_transaction(lambda: self.conn.executemany(_INSERT, rows))
+            self._append(rows, now)
         except sqlite3.Error:
             return False
         return True
@@ -484,13 +575,84 @@ class RunLog:
             log.warning("run log %s: %s; samples are dropped and counted (runs.lost) until it can write again",
                         self.path, reason)
 
+    # -- retention --------------------------------------------------------------------------
+
+    def _drop(self, part_id: int) -> int:
+        """Drop one partition (one transaction); the rows it held."""
+        def work() -> int:
+            (rows,) = self.conn.execute("SELECT rows FROM log_parts WHERE id = ?", [part_id]).fetchone()
+            self.conn.execute(f"DROP TABLE IF EXISTS {part_name(part_id)}")
+            self.conn.execute("DELETE FROM log_parts WHERE id = ?", [part_id])
+            make_view(self.conn)
+            return int(rows)
+
+        part = self.part
+        before = pages(self.conn).used
+        n = self._in_transaction(work)
+        if part is not None and part.id == part_id:
+            self.part = None
+            return part.rows
+        if part is not None:  # its size is what the file grew by since it started
+            part.start_pages -= before - pages(self.conn).used
+        return n
+
+    def _drop_oldest(self, batch: int) -> int:
+        """Drop the oldest partition, or delete the `batch` oldest rows of the only one; rows gone."""
+        ids = part_ids(self.conn)
+        if not ids:
+            return 0
+        part = self.part
+        if len(ids) > 1 or part is None or part.id != ids[0]:
+            return self._drop(ids[0])
+        table = part_name(part.id)
+        n = self._in_transaction(lambda: self.conn.execute(
+            f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} ORDER BY rowid LIMIT ?)", [batch]).rowcount)
+        part.rows = max(0, part.rows - int(n))
+        return int(n)
+
+    def _prune(self, now: int, room: int | None, max_batches: int = 50) -> int:
+        """Drop the partitions whose rows all arrived before the age limit, then the oldest until
+        the size limit holds (the oldest rows of the newest when it is the only one left); rows
+        gone. With only `room` bytes free on the file system, under `min_free_bytes`, the file
+        must not grow: partitions are dropped until it holds the shortfall in free pages, which
+        the next rows reuse."""
+        keep = self.retention
+        deleted = 0
+        cutoff = now - int(keep.max_age_s * 1e6)
+        for (part_id,) in self.conn.execute("SELECT id FROM log_parts WHERE last_us < ? ORDER BY id",
+                                            [cutoff]).fetchall():
+            deleted += self._drop(int(part_id))
+        p = pages(self.conn)
+        limit = keep.max_bytes
+        target = keep.max_bytes * 9 // 10  # down to 90 %: not a drop at every check
+        if room is not None:
+            budget = p.count * p.size + room - keep.min_free_bytes  # what the file may grow to
+            self._part_bytes = max(MIN_PART_BYTES, min(keep.max_bytes, budget) // 16)
+            if room < keep.min_free_bytes:  # stop growing: free pages in the file for new rows
+                limit = target = min(target, budget)
+        batches = 0
+        over = p.used_bytes > limit
+        while over and p.used_bytes > target and batches < max_batches:  # by size
+            part = self.part
+            per_row = max(1, part.size(p) // part.rows) if part is not None and part.rows else 1
+            n = self._drop_oldest(min(keep.batch, -(-(p.used_bytes - target) // per_row)))
+            if n == 0 and not part_ids(self.conn):
+                break
+            deleted += n
+            batches += 1
+            p = pages(self.conn)
+        if _incremental(self.conn) and p.free_bytes > keep.max_bytes // 4:
+            # executescript steps it to the end (execute frees one page per call)
+            self.conn.executescript(f"PRAGMA incremental_vacuum({min(p.free, 2048)});")
+        return deleted
+
     def prune(self) -> int:
         """Apply the retention now (the writer does it every `retention.every_s`); rows deleted."""
         with self._db_lock:
             try:
                 now = self.clock()
-                n = prune(self.conn, self.retention, now, self._room())
-                self._in_transaction(lambda: self._checkpoint(now))
+                self._in_transaction(self._checkpoint)
+                n = self._prune(now, self._room())
             except sqlite3.Error as e:
                 log.debug("run log %s: prune failed: %s", self.path, e)
                 return 0
@@ -507,9 +669,13 @@ class RunLog:
             return None
         return st.f_bavail * st.f_frsize
 
-    def _checkpoint(self, now: int) -> None:
-        """One small transaction per retention check: the arrival mark and the run's counters."""
-        mark(self.conn, now)
+    def _checkpoint(self) -> None:
+        """One small transaction per retention check: the newest partition's last arrival, rows
+        and size, and the run's counters."""
+        part = self.part
+        if part is not None:
+            self.conn.execute("UPDATE log_parts SET last_us = ?, rows = ?, bytes = ? WHERE id = ?",
+                              [part.last_us, part.rows, part.size(pages(self.conn)), part.id])
         self.conn.execute("UPDATE runs SET samples = ?, dropped = ?, lost = ? WHERE id = ?",
                           [self.written, self.dropped, self.lost, self.run_id])
 
@@ -531,10 +697,8 @@ class RunLog:
                 log.warning("run log %s: writer did not finish within %g s", self.path, timeout)
                 return
             try:
-                self.conn.execute(
-                    "UPDATE runs SET stopped_us = ?, samples = ?, dropped = ?, lost = ? WHERE id = ?",
-                    [now_us(), self.written, self.dropped, self.lost, self.run_id],
-                )
+                self._in_transaction(self._checkpoint)
+                self.conn.execute("UPDATE runs SET stopped_us = ? WHERE id = ?", [now_us(), self.run_id])
             except sqlite3.Error as e:
                 log.warning("run log %s: could not record the run's totals: %s", self.path, e)
             self.conn.close()
@@ -549,3 +713,7 @@ class RunLog:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _has_view(conn: sqlite3.Connection, name: str) -> bool:
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'view' AND name = ?", [name]).fetchone() is not None
