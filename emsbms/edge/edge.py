@@ -16,6 +16,7 @@ from emsbms.db import load_stored_site
 from emsbms.edge.commands import CommandChannel
 from emsbms.edge.dispatch import Dispatcher, now_us
 from emsbms.edge.registry import Callback, Registry, Snapshot, Subscription
+from emsbms.edge.store import EdgeLock
 from emsbms.errors import ConfigError, UnknownAddressError, UnsupportedError
 from emsbms.profile.models import Profile
 from emsbms.protocols import adapter_class
@@ -79,6 +80,7 @@ class Edge:
         self._device_workers: dict[str, tuple[threading.Event, threading.Thread]] = {}
         self._activation_lock = threading.Lock()
         self._command_listeners: list[Callable[[CommandResult], None]] = []
+        self.lock: EdgeLock | None = None  # the database's lock, when from_db took it (stop() releases it)
 
     @classmethod
     def from_site(cls, path: str | Path, **kwargs: Any) -> Edge:
@@ -126,7 +128,17 @@ class Edge:
                 io.stop.wait(1.0)
 
     def stop(self) -> None:
-        """Stop every thread and close every bus."""
+        """Stop every thread and close every bus; give up the database lock `from_db` took."""
+        if self.lock is not None:
+            lock, self.lock = self.lock, None
+            try:
+                self._stop_running()
+            finally:
+                lock.release()
+            return
+        self._stop_running()
+
+    def _stop_running(self) -> None:
         if not self._running:
             return
         self._running = False
@@ -228,12 +240,24 @@ class Edge:
     # -- starting from the database, hot activation ------------------------------------------
 
     @classmethod
-    def from_db(cls, path: str | Path, **kwargs: Any) -> Edge:
+    def from_db(cls, path: str | Path, lock: EdgeLock | None = None, **kwargs: Any) -> Edge:
         """Build an edge from the devices and buses commissioned in the database at `path`.
 
         Their profiles come from the database's profile store: no profile, DBC or EDS file is read.
+        One edge per database: it takes the database's `EdgeLock` first (ConfigError naming the
+        holder's PID if another edge has it) and holds it until `stop()` (released at once if the
+        edge cannot be built). A caller that holds the lock already (`emsbms run`) hands it in as
+        `lock`, and releases it itself.
         """
-        return cls(load_stored_site(path), **kwargs)
+        held = EdgeLock.acquire(path) if lock is None else None
+        try:
+            edge = cls(load_stored_site(path), **kwargs)
+        except BaseException:
+            if held is not None:
+                held.release()
+            raise
+        edge.lock = held
+        return edge
 
     def _start_worker(self, adapter: Adapter) -> None:
         """Give an adapter with has_background its worker thread, with a stop event of its own."""
