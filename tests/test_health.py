@@ -140,6 +140,7 @@ def test_bus_load_and_latency_channels_from_traffic() -> None:
     site = virtual_site(["can0"], [{"name": "bms_0", "bus": "can0", "profile": "pylon-lv"}])
     peer = can.Bus(interface="virtual", channel=site.buses[0].channel)
     with Edge(site) as edge:
+        assert wait(lambda: edge.snapshot().value("can0/BusLoad") is not None)  # published from one window on
         for _ in range(200):
             peer.send(can.Message(arbitration_id=0x356, data=bytes([0xAA] * 6), is_extended_id=False))
         # the load is published every tick over a sliding window: wait for the window to hold the burst

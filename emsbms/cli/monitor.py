@@ -7,7 +7,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Annotated
 
 import typer
@@ -18,11 +18,11 @@ from rich.logging import RichHandler
 from emsbms.cli.common import Duration, handle_errors, state, stop_signals
 from emsbms.edge import Edge
 from emsbms.edge.dispatch import now_us
-from emsbms.edge.events import EventLog, EventLogHandler
+from emsbms.edge.events import Event, EventLog, EventLogHandler
 from emsbms.edge.registry import Snapshot
 from emsbms.errors import ConfigError
-from emsbms.monitor import DeviceMeta, Filters, History, render
-from emsbms.monitor._keys import HINT, Key, KeyReader, Pager
+from emsbms.monitor import DeviceMeta, Filters, FrameRow, History, Show, render
+from emsbms.monitor._keys import Controls, KeyReader, Pager
 from emsbms.site import Site
 
 REFRESH_S = 0.2
@@ -72,6 +72,36 @@ def device_metas(edge: Edge) -> dict[str, DeviceMeta]:
     }
 
 
+def frame_rows(edge: Edge) -> list[FrameRow]:
+    """Every ID each bus of `edge` received (its reader's frame table), with the device that
+    claims it: the devices whose profile lists the ID; for an ID no profile lists, the devices
+    that look at unlisted frames (CANopen, J1939), unless the dispatcher found none claimed it."""
+    rows: list[FrameRow] = []
+    for bus, runner in edge.runners.items():
+        dispatcher = edge.dispatchers[bus]
+        claims: dict[int, list[str]] = {}
+        for adapter in list(dispatcher.adapters):
+            for key in adapter.frame_keys():
+                claims.setdefault(key, []).append(adapter.device.name)
+        open_to = [a.device.name for a in dispatcher.adapters if a.wants_unmatched]
+        unknown = dispatcher.unknown_keys
+        for stat in runner.frames.stats():
+            names = claims.get(stat.key) or ([] if stat.key in unknown else open_to)
+            rows.append(FrameRow(bus, stat, ", ".join(names)))
+    return rows
+
+
+@dataclass(frozen=True)
+class Frozen:
+    """What a paused monitor keeps drawing: the snapshot, its time, the events and frames then."""
+
+    snapshot: Snapshot
+    now_us: int
+    events: tuple[Event, ...]
+    events_total: int
+    frames: tuple[FrameRow, ...]
+
+
 @contextmanager
 def logs_into(events: EventLog, enabled: bool) -> Iterator[None]:
     """While the block runs, log warnings go to `events` instead of the terminal, where they
@@ -106,42 +136,52 @@ def show(
 
     Each redraw takes a snapshot, drains the event log and samples the history, all on this
     (the main) thread; the receive threads only append to the event log's inbox. On a
-    terminal, keys pause the view and turn the pages of channels.
+    terminal, keys (`Controls`) pause the view (the events and frames too), show the frames
+    or the event details page, filter, and turn the pages.
     """
     console = console or Console()
     log = events if events is not None else watch(edge)
     history = History()
     metas = device_metas(edge)
-    pager = Pager(time.monotonic(), PAGE_S)
-    paused: tuple[Snapshot, int] | None = None
+    controls = Controls(Pager(time.monotonic(), PAGE_S))
+    frozen: Frozen | None = None
+
+    def now_state() -> Frozen:
+        rows = tuple(frame_rows(edge)) if controls.show is Show.FRAMES else ()
+        return Frozen(edge.snapshot(), now_us(), tuple(log.events()), log.total, rows)
 
     def frame(status: str) -> RenderableType:
+        nonlocal frozen
         size = console.size
-        snapshot, now = paused or (edge.snapshot(), now_us())
-        log.drain()
-        if paused is None:
-            history.sample(snapshot, now)
-        page = replace(filters, page=pager.page if paused else pager.at(time.monotonic()))
-        return render(snapshot, now, size.width, max(size.height - 1, 5), page, title, history=history,
-                      events=log.events(), devices=metas, events_total=log.total, status=status)
+        log.drain()  # also while paused: the inbox stays bounded
+        if controls.paused and frozen is None:
+            frozen = now_state()
+        elif not controls.paused:
+            frozen = None
+        if frozen is not None and controls.show is Show.FRAMES and not frozen.frames:
+            frozen = replace(frozen, frames=tuple(frame_rows(edge)))  # paused before the frames page was shown
+        state_now = frozen or now_state()
+        if frozen is None:
+            history.sample(state_now.snapshot, state_now.now_us)
+        shown = replace(filters, page=controls.page(time.monotonic()), text=controls.text, show=controls.show)
+        return render(state_now.snapshot, state_now.now_us, size.width, max(size.height - 1, 5), shown, title,
+                      history=history, events=state_now.events, devices=metas, events_total=state_now.events_total,
+                      status=status, frames=state_now.frames)
 
     deadline = None if duration is None else time.monotonic() + duration
     live = Live(console=console, auto_refresh=False, redirect_stderr=True)
     with stop_signals() as stop, KeyReader(stop, console.is_terminal) as keys, logs_into(log, console.is_terminal), \
             live:
-        hint = HINT if keys.active else ""
         while not stop.is_set():
-            live.update(frame("PAUSED · space resumes" if paused else hint), refresh=True)
+            live.update(frame(controls.status(keys.active)), refresh=True)
             left = REFRESH_S if deadline is None else min(REFRESH_S, deadline - time.monotonic())
             if left <= 0:
                 break
-            for key in keys.wait(left):
-                if key is Key.QUIT:
-                    stop.set()
-                elif key is Key.PAUSE:
-                    paused = None if paused else (edge.snapshot(), now_us())
-                else:
-                    pager.turn(1 if key is Key.NEXT else -1, time.monotonic())
+            data = keys.read(left)
+            if data:
+                controls.feed(data, time.monotonic())
+            if controls.quit:
+                stop.set()
     if not console.is_terminal:
         console.line()  # Live leaves the last line open when it is not drawing on a terminal
 
@@ -158,7 +198,8 @@ def command(
     ] = None,
 ) -> None:
     """A live view of the buses, the devices, what happened (EMCY, DM1, comm loss, commands) and
-    every channel with a sparkline of its last minute. Keys: q quit, space pause, arrows turn pages."""
+    every channel with a sparkline of its last minute. Keys: q quit, space pause, f frames (every
+    ID received), e events in full, / filter channels and IDs, arrows turn pages."""
     site = state(ctx).load_site()
     filters = make_filters(site, list(device or []), list(bus or []))
     edge = Edge(site)

@@ -160,11 +160,11 @@ def channel_cells(scene: Scene, view: View, plan: CellPlan) -> list[Cell]:
     """Every cell of the table: per device a header, its channels, active alarms, and one line
     summing up the alarms that are ok. Nothing is drawn yet."""
     cells: list[Cell] = []
-    for device in view.devices:
+    for device, rows in view.channels.items():  # the devices in display order (a text filter leaves some out)
         cells.append(Cell(device, partial(device_header, scene, device, plan.width), header=True))
         quiet = 0
         prefix = device + "/"
-        for name, reading in view.channels[device]:
+        for name, reading in rows:
             if name.startswith("Alarm/"):
                 if level(reading.value) == 0:
                     quiet += 1

@@ -1,20 +1,23 @@
 """The monitor's frame: the header, the bus, device and event panes and the channel table, laid
 out for the terminal's size (stacked when narrow, side by side from 80 columns, three panes
-across from 150)."""
+across from 150); or the frames page, or the event details page."""
 
 from __future__ import annotations
 
 import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from enum import Enum
 
 from rich.console import Group, RenderableType
 from rich.text import Text
 
 from emsbms.edge.events import Event
 from emsbms.monitor._channels import CellPlan, cell_count, channel_cells, choose_columns, flow, longest_name
+from emsbms.monitor._details import details_page
+from emsbms.monitor._frames import frames_page
 from emsbms.monitor._history import History
-from emsbms.monitor._model import DeviceMeta, Filters, Scene, View, classify
+from emsbms.monitor._model import DeviceMeta, Filters, FrameRow, Scene, Show, View, classify
 from emsbms.monitor._panes import Column, bus_columns, bus_pane, device_pane, device_width, event_pane
 from emsbms.monitor._text import count, fit
 from emsbms.types import Reading
@@ -42,13 +45,16 @@ def render(
     devices: Mapping[str, DeviceMeta] | None = None,
     events_total: int = 0,
     status: str = "",
+    frames: Sequence[FrameRow] = (),
 ) -> RenderableType:
-    """Draw a snapshot (with its history and events) as at most `height` lines of `width` cells.
+    """Draw a snapshot (with its history, events and frame IDs) as at most `height` lines of
+    `width` cells: the page `filters.show` says.
 
     Pure: it reads no clock and touches no bus; `now_us` is the time the ages are counted to.
-    `status` goes at the right of the header line (key hints, "PAUSED"), if it fits.
+    `status` goes at the right of the header line (key hints, "PAUSED"), as much of it as fits
+    (its last " · " parts go first).
     """
-    scene = Scene(snapshot, now_us, history or History(), tuple(events), devices or {}, events_total)
+    scene = Scene(snapshot, now_us, history or History(), tuple(events), devices or {}, events_total, tuple(frames))
     return render_scene(scene, width, height, filters or Filters(), title, status)
 
 
@@ -57,21 +63,50 @@ def render_scene(scene: Scene, width: int, height: int, filters: Filters, title:
     """`render` for a ready-made Scene."""
     view = classify(scene, filters)
     lines: list[Text] = [_header(view, scene.now_us, width, title, filters, status)]
+    body = height - 1
+    if filters.show is Show.FRAMES:
+        lines.extend(frames_page(scene, filters, width, body))
+        return _group(lines, width, height)
+    if filters.show is Show.EVENTS:
+        lines.extend(details_page(scene, view, width, body, filters.page))
+        return _group(lines, width, height)
     if not scene.snapshot:
         lines.append(Text(fit("waiting for data…", width), style="dim"))
         return _group(lines, width, height)
-    body = height - 1
     pane_rows = max(1, min(max(len(view.buses), len(view.devices), 1), max(2, body // 3)))
     event_rows = max(2, min(12, height // 7))
-    pane_lines = _pane_lines(view, width, height, pane_rows, event_rows)
+    mode = _mode(width)
+    pane_lines = _pane_lines(view, width, height, pane_rows, event_rows, mode)
     columns, needed = _table_shape(view, width, body - pane_lines)
     spare = body - pane_lines - needed
     if spare > 0 and len(view.events) > event_rows:  # the table does not need every line: more events
-        event_rows += spare
-    panes = _panes(scene, view, width, height, pane_rows, event_rows)
+        if mode is Mode.ACROSS:
+            # the free lines lie under the bus and device panes: the events go there, full width
+            head = _pane_lines(view, width, height, pane_rows, 0, Mode.BESIDE)
+            free = body - head - needed
+            if free > pane_lines - 1:
+                mode, event_rows = Mode.BESIDE, free
+            else:
+                event_rows += spare
+        else:
+            event_rows += spare
+    panes = _panes(scene, view, width, height, pane_rows, event_rows, mode)
     lines.extend(panes)
+    columns, _ = _table_shape(view, width, body - len(panes))
     lines.extend(_channels(scene, view, width, body - len(panes), columns, filters.page))
     return _group(lines, width, height)
+
+
+class Mode(Enum):
+    """How the bus, device and event panes are laid out."""
+
+    STACKED = "stacked"  # one above the other (narrow terminals)
+    BESIDE = "beside"  # buses and devices side by side, the events under them at full width
+    ACROSS = "across"  # the three side by side
+
+
+def _mode(width: int) -> Mode:
+    return Mode.ACROSS if width >= WIDE_MIN else Mode.BESIDE if width >= SIDE_BY_SIDE_MIN else Mode.STACKED
 
 
 def _header(view: View, now_us: int, width: int, title: str, filters: Filters, status: str) -> Text:
@@ -79,11 +114,17 @@ def _header(view: View, now_us: int, width: int, title: str, filters: Filters, s
     when both do not fit, then the status."""
     clock = time.strftime("%H:%M:%S", time.gmtime(now_us / 1e6))
     counts = [count(len(view.devices), "device"), count(len(view.buses), "bus")]
-    extra = ["filter: " + ",".join(filters.devices + filters.buses)] if filters.devices or filters.buses else []
-    for parts in ([title, *counts, f"{clock} UTC", *extra], [title, f"{clock} UTC", *extra]):
-        left = "  ".join(parts)
-        if status and len(left) + len(status) + 3 <= width:
-            return Text(left + " " * (width - len(left) - len(status) - 1) + status + " ", style="bold reverse")
+    extra = ["filter: " + ",".join(filters.devices + filters.buses)] if filters.narrowed else []
+    if filters.text:
+        extra.append(f"/{filters.text}")
+    if filters.show is not Show.CHANNELS:
+        extra.insert(0, filters.show.value)
+    statuses = [" · ".join(status.split(" · ")[:n]) for n in range(status.count(" · ") + 1, 0, -1)] if status else []
+    for shown in statuses:
+        for parts in ([title, *counts, f"{clock} UTC", *extra], [title, f"{clock} UTC", *extra]):
+            left = "  ".join(parts)
+            if len(left) + len(shown) + 3 <= width:
+                return Text(left + " " * (width - len(left) - len(shown) - 1) + shown + " ", style="bold reverse")
     return Text(fit("  ".join([title, *counts, f"{clock} UTC", *extra]), width), style="bold reverse")
 
 
@@ -93,27 +134,30 @@ def _natural(columns: Sequence[Column], most_drop: int) -> int:
     return sum(kept) + len(kept) - 1
 
 
-def _pane_lines(view: View, width: int, height: int, rows: int, event_rows: int) -> int:
+def _pane_lines(view: View, width: int, height: int, rows: int, event_rows: int, mode: Mode | None = None) -> int:
     """How many lines `_panes` takes, without drawing it: each pane is a title and its rows
     (the last of which may say how many more there are); an empty event log says so in one."""
+    mode = mode or _mode(width)
     shown_events = min(event_rows, max(1, len(view.events)))
     buses, devices = len(view.buses), len(view.devices)
-    if width >= WIDE_MIN:
+    if mode is Mode.ACROSS:
         across = max(rows, shown_events)
         return 1 + max(min(buses, across), min(devices, across), min(across, max(1, len(view.events))))
-    if width >= SIDE_BY_SIDE_MIN:
+    if mode is Mode.BESIDE:
         return 1 + max(min(buses, rows), min(devices, rows)) + 1 + shown_events
     small = min(rows, max(1, height // 6))
     return 1 + min(buses, small) + 1 + min(devices, small) + 1 + min(2, shown_events)
 
 
-def _panes(scene: Scene, view: View, width: int, height: int, rows: int, event_rows: int) -> list[Text]:
+def _panes(scene: Scene, view: View, width: int, height: int, rows: int, event_rows: int,
+           mode: Mode | None = None) -> list[Text]:
     """The bus, device and event panes: `rows` lines of buses and devices (plus titles), up
     to `event_rows` events."""
+    mode = mode or _mode(width)
     shown_events = min(event_rows, max(1, len(view.events)))
-    if width >= WIDE_MIN:
+    if mode is Mode.ACROSS:
         return _three_across(scene, view, width, max(rows, shown_events))
-    if width >= SIDE_BY_SIDE_MIN:
+    if mode is Mode.BESIDE:
         # the bus pane keeps its required columns and takes what the device pane does not need
         columns = bus_columns(view)
         bus_w = max(_natural(columns, 0), min(_natural(columns, 4), width - device_width(scene, view) - 1))

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 
+from emsbms.can.health import FrameStat
 from emsbms.edge.events import Event, Severity
 from emsbms.monitor._history import History
 from emsbms.types import Quality, Reading, Value
@@ -41,20 +42,41 @@ SEVERITY_STYLE = {Severity.OK: "green", Severity.INFO: "cyan", Severity.WARNING:
                   Severity.ALARM: "bold red"}
 
 
+class Show(Enum):
+    """Which page the monitor shows."""
+
+    CHANNELS = "channels"
+    FRAMES = "frames"
+    EVENTS = "events"
+
+
 @dataclass(frozen=True)
 class Filters:
-    """What to show: only these devices and buses (empty: all), and which page of channels
-    when they do not all fit (the caller turns the pages, e.g. every few seconds)."""
+    """What to show: only these devices and buses (empty: all), only the channels and frame IDs
+    whose text contains `text` (any case; the `/` key), which page (`show`), and which part of
+    it when it does not fit: the page of channels or frames, or for the events how many pages
+    back from the newest (the caller turns them, e.g. every few seconds)."""
 
     devices: tuple[str, ...] = ()
     buses: tuple[str, ...] = ()
     page: int = 0
+    text: str = ""
+    show: Show = Show.CHANNELS
 
     def device(self, name: str) -> bool:
         return not self.devices or name in self.devices
 
     def bus(self, name: str) -> bool:
         return not self.buses or name in self.buses
+
+    def matches(self, *texts: str) -> bool:
+        """True if `text` is empty or any of `texts` contains it (any case)."""
+        needle = self.text.strip().lower()
+        return not needle or any(needle in t.lower() for t in texts)
+
+    @property
+    def narrowed(self) -> bool:
+        return bool(self.devices or self.buses)
 
 
 @dataclass(frozen=True)
@@ -71,6 +93,15 @@ class DeviceMeta:
 
 
 @dataclass(frozen=True)
+class FrameRow:
+    """One ID a bus received: its figures and the device that claims it ("" for none)."""
+
+    bus: str
+    stat: FrameStat
+    device: str = ""
+
+
+@dataclass(frozen=True)
 class Scene:
     """Everything one frame is drawn from (the monitor builds one per redraw)."""
 
@@ -80,6 +111,7 @@ class Scene:
     events: tuple[Event, ...] = ()
     devices: Mapping[str, DeviceMeta] = field(default_factory=dict)
     events_total: int = 0
+    frames: tuple[FrameRow, ...] = ()
 
 
 @dataclass
@@ -127,11 +159,13 @@ def classify(scene: Scene, filters: Filters) -> View:
     devices = sorted((p for p in prefixes if p not in buses and filters.device(p)),
                      key=lambda d: (d not in bus_of, bus_of.get(d, ""), d))
     channels = {
-        d: sorted(((n, r) for n, r in prefixes[d] if n not in DEVICE_PANE_CHANNELS), key=lambda x: channel_key(x[0]))
+        d: sorted(((n, r) for n, r in prefixes[d] if n not in DEVICE_PANE_CHANNELS and filters.matches(f"{d}/{n}")),
+                  key=lambda x: channel_key(x[0]))
         for d in devices
     }
+    if filters.text:  # a device none of whose channels match is left out of the table
+        channels = {d: rows for d, rows in channels.items() if rows}
     shown_buses = [b for b in buses if filters.bus(b)]
     sources = set(devices) | set(shown_buses)
-    filtered = bool(filters.devices or filters.buses)
-    events = [e for e in scene.events if not filtered or e.source in sources]
+    events = [e for e in scene.events if not filters.narrowed or e.source in sources]
     return View(shown_buses, devices, channels, events)
