@@ -21,6 +21,7 @@ import canopen
 from canopen.objectdictionary import ObjectDictionary
 from canopen.sdo.exceptions import SdoError
 
+from emsbms.commissioning.evidence import compare, describe_fields, device_confidence
 from emsbms.errors import BusError
 from emsbms.profile.loader import list_shipped, load_profile
 from emsbms.protocols.canopen_codes import COB_HEARTBEAT, COB_SDO_RX, COB_SDO_TX, NmtState
@@ -99,6 +100,27 @@ def match_profile(node: CanopenNode, candidates: list[tuple[str, IdentitySpec]])
         if best is None or len(wanted) > best[0]:
             best = (len(wanted), name)
     return None if best is None else best[1]
+
+
+def best_profile(node: CanopenNode, candidates: list[tuple[str, IdentitySpec]]) -> tuple[str, float, str] | None:
+    """The profile the node's identity points to, with its confidence and why (None: no profile fits).
+
+    The device profile number (0x1000) says what kind of device it is; the 0x1018 fields say whose.
+    `evidence.device_confidence` gives the confidence; ties go to the profile stating more fields.
+    """
+    found = {"device_profile": node.device_profile, **{k: getattr(node, k) for k in IDENTITY_KEYS}}
+    best: tuple[float, int, str, str] | None = None
+    for name, spec in candidates:
+        stated = {k: getattr(spec, k) for k in ("device_profile", *IDENTITY_KEYS) if getattr(spec, k) is not None}
+        fields = compare(stated, found)
+        confidence = device_confidence(("device_profile",), fields)
+        if confidence is None:
+            continue
+        show = {k: "{}" if k == "device_profile" else "0x{:08X}" for k in stated}
+        why = describe_fields(fields, stated, found, show)
+        if best is None or (confidence, len(stated)) > best[:2]:
+            best = (confidence, len(stated), name, why)
+    return None if best is None else (best[2], best[0], best[3])
 
 
 class _Sweep:

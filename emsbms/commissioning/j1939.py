@@ -18,6 +18,7 @@ from typing import Any
 
 import can
 
+from emsbms.commissioning.evidence import compare, describe_fields, device_confidence
 from emsbms.errors import BusError
 from emsbms.profile.loader import list_shipped, load_profile
 from emsbms.protocols.j1939 import profile_options
@@ -82,6 +83,30 @@ def match_profile(fields: NameFields, candidates: list[tuple[str, dict[str, int]
         if demo == fields.name or (match and all(getattr(fields, k) == v for k, v in match.items())):
             return name
     return None
+
+
+def best_profile(fields: NameFields, candidates: list[tuple[str, dict[str, int], int | None]]
+                 ) -> tuple[str, float, str] | None:
+    """The profile the NAME points to, with its confidence and why (None: no profile fits).
+
+    A profile's demo NAME gives 1.0. Otherwise the function (with the industry group) says what
+    kind of ECU it is and the other ``options.match`` fields whose: `evidence.device_confidence`
+    with 0.9 when all of them match.
+    """
+    best: tuple[float, int, str, str] | None = None
+    for name, match, demo in candidates:
+        if demo == fields.name:
+            found: tuple[float, int, str, str] = (1.0, 99, name, f"NAME is {name}'s demo device")
+        else:
+            got = {k: getattr(fields, k) for k in match}
+            compared = compare(match, got)
+            confidence = device_confidence(("function", "industry_group"), compared, full=0.9)
+            if confidence is None:
+                continue
+            found = (confidence, len(match), name, describe_fields(compared, match, got))
+        if best is None or found[:2] > best[:2]:
+            best = found
+    return None if best is None else (best[2], best[0], best[3])
 
 
 def scan_j1939(bus: can.BusABC | BusConfig, timeout: float = 1.0, progress: Progress | None = None) -> list[J1939Node]:

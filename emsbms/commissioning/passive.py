@@ -1,35 +1,46 @@
 """Passive discovery: listen to a bus, then score DBC and inline profiles against the traffic heard.
 
 Listening sends nothing. Every frame is tallied by dispatch key (ID, DLCs, count, first and last
-time). A profile is then scored against the tally, for every ``id_offset`` the traffic suggests
-(the same ID pattern shifted by a CAN bridge):
+time, last payload). A profile is then scored against the tally, for every ``id_offset`` the
+traffic suggests (the same ID pattern shifted by a CAN bridge). The messages the device sends
+are every message of the profile except those the edge sends (transmitted frames and command
+messages); those marked ``optional`` in the profile's ``messages`` are not required.
 
-- coverage: the share of the messages the device sends (every message of the profile except
-  those the edge sends: transmitted frames and command messages) heard at ID + offset;
-- DLC: the share of those heard only with a length the profile accepts (``min_dlc`` .. length);
+- coverage: the share of the required messages heard at ID + offset;
+- DLC: the share of the messages heard (required or optional) only with a length the profile
+  expects: from ``min_dlc`` (default: the declared length) to ``max_dlc`` (default: 64, excess
+  bytes are ignored as the adapter ignores them);
 - rate: the share of those heard at their expected period (0.6x .. 1.6x the profile's
   ``period_ms`` or the DBC cycle time), or, when heard once, not expected more than twice;
 
-``confidence = coverage * (0.5 + 0.25 dlc + 0.25 rate) * min(1, matched / 3)``, times 0.9 for a
-non-zero offset. A match that explains mostly the same frames as a better one is kept as its
-alternative (reported from 0.6 on, and only for another profile) and is never commissioned
-automatically.
+``messages = coverage * (0.5 + 0.25 dlc + 0.25 rate) * min(1, heard / 3)``; the optional
+messages heard add ``(1 - messages) * 0.2 * optional heard / optional``, and never lower it when
+absent; times 0.9 for a non-zero offset. The profile's manufacturer identity, when it states one
+(`emsbms.commissioning.evidence`), then gives the confidence: ``messages + (1 - messages) * 0.5``
+when the device's string matches, ``messages * 0.7`` when it names another maker.
+
+A match that explains mostly the same frames as a better one is kept as its alternative
+(reported from 0.6 on, and only for another profile) and is never commissioned automatically.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import can
 
+from emsbms.commissioning.evidence import NO_CLUE, Clue, manufacturer_clue, manufacturer_spec
 from emsbms.errors import BusError
 from emsbms.profile.models import Profile
 from emsbms.protocols.base import EXTENDED, frame_key
+
+log = logging.getLogger(__name__)
 
 HIGH_CONFIDENCE = 0.8
 """Candidates at or above this are taken by ``scan --commission --yes``."""
@@ -39,6 +50,12 @@ MIN_CONFIDENCE = 0.3
 
 ALTERNATIVE_CONFIDENCE = 0.6
 """An alternative (a match overlapping a better one) is reported only from this confidence on."""
+
+OPTIONAL_WEIGHT = 0.2
+"""Every optional message heard closes this share (divided by their number) of the gap to 1."""
+
+MAX_DLC = 64
+"""The longest frame (CAN FD); a profile's ``max_dlc`` narrows it."""
 
 Progress = Callable[[float, float], None]
 """Called as progress(seconds listened, seconds to listen)."""
@@ -52,6 +69,7 @@ class Heard:
     dlcs: set[int] = field(default_factory=set)
     first: float = 0.0
     last: float = 0.0
+    data: bytes = b""  # the last payload
 
     @property
     def period_s(self) -> float | None:
@@ -78,6 +96,7 @@ class Traffic:
         h.count += 1
         h.dlcs.add(msg.dlc)
         h.last = msg.timestamp
+        h.data = bytes(msg.data)
 
     def heartbeats(self) -> dict[int, int]:
         """CANopen node IDs heard sending a heartbeat (0x700 + node, 1 byte), with their state byte count."""
@@ -108,13 +127,15 @@ def listen(bus: can.BusABC, seconds: float, progress: Progress | None = None) ->
 
 @dataclass(frozen=True)
 class Expected:
-    """A message a device sends: its key, accepted lengths and period."""
+    """A message a device sends: its key, expected lengths and period, and whether every device sends it."""
 
     key: int
     name: str
+    length: int  # as declared (DBC or inline map)
     min_dlc: int
     max_dlc: int
     period_s: float | None
+    optional: bool = False
 
 
 def expected_messages(profile: Profile) -> list[Expected]:
@@ -131,8 +152,10 @@ def expected_messages(profile: Profile) -> list[Expected]:
         settings = m.messages.get(msg.name)
         period_ms = settings.period_ms if settings and settings.period_ms else msg.cycle_time or None
         min_dlc = settings.min_dlc if settings and settings.min_dlc is not None else msg.length
-        out.append(Expected(frame_key(msg.frame_id, msg.is_extended_frame), msg.name, min_dlc, msg.length,
-                            period_ms / 1000 if period_ms else None))
+        max_dlc = getattr(settings, "max_dlc", None) if settings else None
+        out.append(Expected(frame_key(msg.frame_id, msg.is_extended_frame), msg.name, msg.length, min_dlc,
+                            MAX_DLC if max_dlc is None else int(max_dlc), period_ms / 1000 if period_ms else None,
+                            bool(settings and settings.optional)))
     return out
 
 
@@ -145,22 +168,35 @@ class Match:
     id_offset: int
     confidence: float
     matched: tuple[int, ...]  # the keys heard that the profile explains
-    expected: int
-    coverage: float
+    expected: int  # required messages
+    coverage: float  # share of the required messages heard
     dlc_ok: float
     rate_ok: float
     alternative_to: str | None = None
+    required_heard: int = 0
+    optional: int = 0
+    optional_heard: int = 0
+    messages: float = 0.0  # the message score (with the offset factor), before the identity evidence
+    identity: Clue = NO_CLUE
 
     def evidence(self) -> str:
+        """Why it scored what it did: the message score's terms, then the identity evidence."""
         ids = ", ".join(f"0x{k & ~EXTENDED:X}" for k in self.matched[:6]) + (", ..." if len(self.matched) > 6 else "")
-        return (f"{len(self.matched)}/{self.expected} messages heard ({ids}); lengths {self.dlc_ok:.0%} ok,"
-                f" rates {self.rate_ok:.0%} ok")
+        text = (f"{self.required_heard}/{self.expected} required messages heard ({ids})"
+                + (f", {self.optional_heard}/{self.optional} optional" if self.optional else "")
+                + f"; lengths {self.dlc_ok:.0%} ok, rates {self.rate_ok:.0%} ok"
+                + ("; offset x0.9" if self.id_offset else "") + f"; messages {self.messages:.2f}")
+        clue = self.identity.describe(self.messages)
+        return text + (f"; {clue}" if clue else "")
 
     def as_dict(self) -> dict[str, Any]:
         return {"profile": self.profile, "version": self.version, "id_offset": self.id_offset,
                 "confidence": round(self.confidence, 3), "matched_ids": [k & ~EXTENDED for k in self.matched],
-                "expected": self.expected, "coverage": round(self.coverage, 3), "dlc_ok": round(self.dlc_ok, 3),
-                "rate_ok": round(self.rate_ok, 3), "alternative_to": self.alternative_to}
+                "expected": self.expected, "required_heard": self.required_heard, "optional": self.optional,
+                "optional_heard": self.optional_heard, "coverage": round(self.coverage, 3),
+                "dlc_ok": round(self.dlc_ok, 3), "rate_ok": round(self.rate_ok, 3),
+                "messages": round(self.messages, 3), "identity": self.identity.evidence.value,
+                "identity_text": self.identity.text, "alternative_to": self.alternative_to}
 
 
 def _offsets(heard: Iterable[int], expected: Sequence[Expected]) -> list[int]:
@@ -186,20 +222,42 @@ def _rate_ok(e: Expected, h: Heard, seconds: float) -> bool:
 def score(traffic: Traffic, profile: Profile, offset: int) -> Match | None:
     """How well `profile`, shifted by `offset`, explains the traffic (None if nothing of it was heard)."""
     expected = expected_messages(profile)
-    if not expected:
-        return None
+    required = [e for e in expected if not e.optional] or expected  # all optional: each one counts
+    optional = [e for e in expected if e not in required]
     hits = [(e, traffic.heard.get(e.key + offset)) for e in expected]
     found = [(e, h) for e, h in hits if h is not None]
     if not found:
         return None
-    coverage = len(found) / len(expected)
+    required_heard = sum(1 for e, _ in found if e in required)
+    optional_heard = len(found) - required_heard
+    coverage = required_heard / len(required)
     dlc_ok = sum(1 for e, h in found if all(e.min_dlc <= d <= e.max_dlc for d in h.dlcs)) / len(found)
     rate_ok = sum(1 for e, h in found if _rate_ok(e, h, traffic.seconds)) / len(found)
-    confidence = coverage * (0.5 + 0.25 * dlc_ok + 0.25 * rate_ok) * min(1.0, len(found) / 3)
+    messages = coverage * (0.5 + 0.25 * dlc_ok + 0.25 * rate_ok) * min(1.0, len(found) / 3)
+    if optional:
+        messages += (1.0 - messages) * OPTIONAL_WEIGHT * optional_heard / len(optional)
     if offset:
-        confidence *= 0.9
-    return Match(profile.name, profile.version, offset, confidence, tuple(sorted(e.key + offset for e, _ in found)),
-                 len(expected), coverage, dlc_ok, rate_ok)
+        messages *= 0.9
+    clue = _identity(traffic, profile, offset)
+    return Match(profile.name, profile.version, offset, clue.apply(messages),
+                 tuple(sorted(e.key + offset for e, _ in found)), len(required), coverage, dlc_ok, rate_ok,
+                 required_heard=required_heard, optional=len(optional), optional_heard=optional_heard,
+                 messages=messages, identity=clue)
+
+
+def _identity(traffic: Traffic, profile: Profile, offset: int) -> Clue:
+    """The manufacturer evidence of the traffic for `profile` (none if the profile states no identity)."""
+    try:
+        spec = manufacturer_spec(profile)
+    except ValueError as e:  # a faulty stored profile must not stop the scan: say so in the evidence
+        log.warning("scan: %s", e)
+        return Clue(NO_CLUE.evidence, f"identity not used: {e}")
+    if spec is None:
+        return NO_CLUE
+    msg = profile.db.get_message_by_name(spec.message)
+    key = frame_key(msg.frame_id + offset, msg.is_extended_frame)
+    heard = traffic.heard.get(key)
+    return manufacturer_clue(spec, msg.frame_id + offset, None if heard is None else heard.data)
 
 
 def match_traffic(traffic: Traffic, profiles: Iterable[Profile], minimum: float = MIN_CONFIDENCE) -> list[Match]:
@@ -230,5 +288,4 @@ def _overlap(a: Match, b: Match) -> float:
 
 def _alternative(m: Match, better: Match) -> Match:
     label = f"{better.profile}" + (f"@offset {better.id_offset:+#x}" if better.id_offset else "")
-    return Match(m.profile, m.version, m.id_offset, m.confidence, m.matched, m.expected, m.coverage, m.dlc_ok,
-                 m.rate_ok, alternative_to=label)
+    return replace(m, alternative_to=label)

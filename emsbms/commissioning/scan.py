@@ -65,6 +65,7 @@ class Candidate:
     id_offset: int = 0
     alternative_to: str | None = None
     device: str | None = None  # the commissioned device it already is, if any
+    score: dict[str, Any] = field(default_factory=dict, compare=False)  # the terms of a passive score
 
     @property
     def high(self) -> bool:
@@ -103,6 +104,7 @@ class Candidate:
             "evidence": self.evidence, "node_id": self.node_id, "source_address": self.source_address,
             "j1939_name": None if self.j1939_name is None else f"0x{self.j1939_name:016X}",
             "id_offset": self.id_offset, "alternative_to": self.alternative_to, "device": self.device,
+            **self.score,
         }
 
 
@@ -176,8 +178,11 @@ def _j1939_matches(profiles: Sequence[Profile]) -> list[tuple[str, dict[str, int
 
 
 def _passive_candidates(bus: str, matches: list[Match]) -> list[Candidate]:
+    keep = ("expected", "required_heard", "optional", "optional_heard", "coverage", "dlc_ok", "rate_ok", "messages",
+            "identity", "identity_text")
     return [Candidate(bus, Method.PASSIVE, "dbc", m.profile, m.version, m.confidence, m.evidence(),
-                      id_offset=m.id_offset, alternative_to=m.alternative_to) for m in matches]
+                      id_offset=m.id_offset, alternative_to=m.alternative_to,
+                      score={k: v for k, v in m.as_dict().items() if k in keep}) for m in matches]
 
 
 def _canopen_candidates(bus: str, nodes: list[canopen_scan.CanopenNode], profiles: Sequence[Profile],
@@ -190,16 +195,15 @@ def _canopen_candidates(bus: str, nodes: list[canopen_scan.CanopenNode], profile
                          if n not in known]
     out = []
     for node in nodes:
-        profile = canopen_scan.match_profile(node, identities)
-        stated = next((len([k for k in canopen_scan.IDENTITY_KEYS if getattr(s, k) is not None])
-                       for name, s in identities if name == profile), 0)
-        confidence = 0.0 if profile is None else 1.0 if stated >= 2 else 0.6
+        best = canopen_scan.best_profile(node, identities)
+        profile, confidence, why = best if best is not None else (None, 0.0, "")
         seen = "+".join(node.seen_by)
         dtype = f"device type 0x{node.device_type:08X}" if node.device_type is not None else "no SDO answer"
         ident = "" if node.vendor_id is None else f", vendor 0x{node.vendor_id:08X}"
         ident += "" if node.product_code is None else f", product 0x{node.product_code:08X}"
         out.append(Candidate(bus, Method.CANOPEN, "canopen", profile, versions.get(profile or ""), confidence,
-                             f"node {node.node_id} ({seen}): {dtype}{ident}", node_id=node.node_id))
+                             f"node {node.node_id} ({seen}): {dtype}{ident}" + (f"; {why}" if why else ""),
+                             node_id=node.node_id))
     return out
 
 
@@ -208,12 +212,12 @@ def _j1939_candidates(bus: str, nodes: list[j1939_scan.J1939Node], profiles: Seq
     versions = {p.name: p.version for p in profiles}
     out = []
     for node in nodes:
-        profile = j1939_scan.match_profile(node.fields, matches)
-        demo = next((d for name, _, d in matches if name == profile), None)
-        confidence = 0.0 if profile is None else 1.0 if demo == node.name else 0.9
+        best = j1939_scan.best_profile(node.fields, matches)
+        profile, confidence, why = best if best is not None else (None, 0.0, "")
         f = node.fields
         evidence = (f"address 0x{node.address:02X}, NAME 0x{node.name:016X} (function {f.function},"
-                    f" manufacturer {f.manufacturer_code}, industry group {f.industry_group})")
+                    f" manufacturer {f.manufacturer_code}, industry group {f.industry_group})"
+                    + (f"; {why}" if why else ""))
         out.append(Candidate(bus, Method.J1939, "j1939", profile, versions.get(profile or ""), confidence, evidence,
                              source_address=node.address if node.claimed else None, j1939_name=node.name))
     return out
