@@ -153,9 +153,13 @@ def test_canopen_scan_of_real_nodes_scores_by_profile_number_and_identity() -> N
     network.connect(interface="virtual", channel=channel)
     try:
         other_maker = load_od(eds, 4)
-        other_maker[0x1018][1].default = 0x00ABCDEF  # another vendor's CiA 418 battery
+        vendor = other_maker.get_variable(0x1018, 1)
+        assert vendor is not None
+        vendor.default = 0x00ABCDEF  # another vendor's CiA 418 battery
         io_module = load_od(eds, 6)
-        io_module[0x1000].default = 0x00000191  # CiA 401: not a battery
+        device_type = io_module.get_variable(0x1000)
+        assert device_type is not None
+        device_type.default = 0x00000191  # CiA 401: not a battery
         for node_id, od in ((2, load_od(eds, 2)), (4, other_maker), (6, io_module)):
             network.add_node(canopen.LocalNode(node_id, od))
         result = scan_bus(BusConfig("can0", "virtual", channel), [load_profile("cia418-bms")], [Method.CANOPEN],
