@@ -308,20 +308,25 @@ def test_site_import_and_export_round_trip(tmp_path: Path) -> None:
     db = tmp_path / "e.db"
     r = invoke(db, "site", "import", str(site_file))
     assert r.exit_code == 0, r.output
-    assert r.stdout == f"imported {site_file}: 2 buses, 3 devices; 3 profile version(s) stored into {db}\n"
+    pylon = load_profile("pylon-lv").version
+    assert r.stdout.splitlines() == [  # each device pinned to what the file names (issue 13)
+        f"imported {site_file}: 2 buses, 3 devices; 3 profile version(s) stored into {db}",
+        "  bms_0: runs custom-lv 3.1 (pinned: custom-lv@3.1; new device)",
+        f"  bms_1: runs pylon-lv {pylon} (pinned: pylon-lv@{pylon}; new device)",
+        "  hv_0: runs j1939-hvess 1.0.0 (pinned: j1939-hvess@1.0.0; new device)"]
     out = tmp_path / "exported.toml"
     assert invoke(db, "site", "export", str(out)).exit_code == 0
     again, original = load_site(out), load_site(site_file)
     assert (again.org, again.name, again.extra) == ("acme", "plant-9", {"j1939": {"edge_address": 0x27}})
     assert again.buses == original.buses
-    assert [d.profile for d in again.devices] == ["custom-lv", "pylon-lv", "j1939-hvess"]
+    assert [d.profile for d in again.devices] == ["custom-lv@3.1", f"pylon-lv@{pylon}", "j1939-hvess@1.0.0"]
     assert [(d.name, d.bus, d.id_offset, d.j1939_name) for d in again.devices] == [
         (d.name, d.bus, d.id_offset, d.j1939_name) for d in original.devices]
     assert "j1939_name = 0x9000A0005CA01F3A" in invoke(db, "site", "export").stdout
     r = invoke(db, "devices", "list", "--json")
     assert [(d["name"], d["profile"], d["version"], d["found_by"]) for d in json.loads(r.stdout)] == [
-        ("bms_0", "custom-lv", "3.1", "site import"), ("bms_1", "pylon-lv", "1.0.0", "site import"),
-        ("hv_0", "j1939-hvess", "1.0.0", "site import")]
+        ("bms_0", "custom-lv@3.1", "3.1", "site import"), ("bms_1", f"pylon-lv@{pylon}", pylon, "site import"),
+        ("hv_0", "j1939-hvess@1.0.0", "1.0.0", "site import")]
 
 
 def test_a_bad_site_import_stores_nothing(tmp_path: Path) -> None:

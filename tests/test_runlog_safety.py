@@ -89,7 +89,7 @@ def test_a_second_run_on_the_same_db_is_refused_readers_work_and_sigkill_frees_i
         assert listed.exit_code == 0, listed.output
         exported = runner.invoke(app, ["--db", str(db), "site", "export", str(tmp_path / "out.toml")])
         assert exported.exit_code == 0, exported.output
-        assert 'profile = "pylon-lv"' in (tmp_path / "out.toml").read_text(encoding="utf-8")
+        assert 'profile = "pylon-lv@' in (tmp_path / "out.toml").read_text(encoding="utf-8")  # pinned by site import
         stored = load_site(tmp_path / "out.toml")
         with Simulation(stored):
             read = runner.invoke(app, ["--db", str(db), "read", "bms_0/Soc", "--json", "--timeout", "15"])

@@ -8,7 +8,7 @@ import typer
 
 from emsbms.cli.common import CliState, handle_errors, state
 from emsbms.commissioning.commission import commission
-from emsbms.db import EdgeDb
+from emsbms.db import EdgeDb, changes
 from emsbms.errors import ConfigError
 from emsbms.protocols.base import DeviceConfig
 from emsbms.site import BusConfig, load_site
@@ -70,7 +70,11 @@ def command(
     channel: Channel = None,
     bitrate: Bitrate = 500_000,
 ) -> None:
-    """Store a device in the database; refused if its IDs collide with a device already on that bus."""
+    """Store a device in the database; refused if its IDs collide with a device already on that bus.
+
+    --profile NAME follows the newest stored version of NAME (a later `profiles import` switches
+    it); NAME@VERSION pins that version. Prints the version the device ran and runs now.
+    """
     cli = state(ctx)
     device = DeviceConfig(
         name=name, bus=bus, profile=profile,
@@ -81,9 +85,14 @@ def command(
         nmt_master=nmt_master,
     )
     with EdgeDb(cli.db) as db:
+        before = db.running()
         bus_config = None if db.site.bus(bus) is not None and interface is None else given_bus(
             cli, bus, interface, channel, bitrate)
         done = commission(db, device, bus_config, found_by="by hand")
+        after = db.running()
     typer.echo(done.describe())
+    for line in changes({name: r for name, r in before.items() if name == device.name},
+                        {name: r for name, r in after.items() if name == device.name}):
+        typer.echo(line)
     if done.new_bus:
         typer.echo(f"stored bus {done.bus.name} ({done.bus.interface}:{done.bus.channel}, {done.bus.bitrate} bit/s)")

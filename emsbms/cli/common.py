@@ -177,8 +177,7 @@ def unknown_address(address: str, addresses: list[str], buses: list[str]) -> str
     near = _near(name, names)
     if near:
         return f"unknown channel {address!r}; did you mean {_either([f'{prefix}/{n}' for n in near])}?"
-    kind = "bus" if prefix in buses else "device"
-    return f"unknown channel {address!r}; {kind} {prefix} has: {', '.join(names)}"
+    return f"unknown channel {address!r}; {prefix} has: {', '.join(names)}"
 
 
 PASSTHROUGH = (typer.Exit, typer.Abort, typer.BadParameter)

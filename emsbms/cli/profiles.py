@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from emsbms.cli.common import handle_errors, json_text, state
-from emsbms.db import EdgeDb, version_key
+from emsbms.db import EdgeDb, changes, version_key
 from emsbms.db.diff import diff as diff_profiles
 from emsbms.db.profiles import StoredProfile, document_of
 from emsbms.errors import EmsbmsError, ProfileError
@@ -173,16 +173,25 @@ def import_(
 ) -> None:
     """Store profiles (with their DBC or EDS content) in the database, validating every one first.
 
-    One invalid profile stores nothing (exit 2, naming the file and the JSON path). A running
-    `emsbms run` switches the devices that use a profile to a newer version within about a second.
+    One invalid profile stores nothing (exit 2, naming the file and the JSON path). The devices
+    that use a profile unpinned (NAME, not NAME@VERSION) switch to its newest version, a running
+    `emsbms run` within about a second: each such device is printed with its version before and after.
     """
     with EdgeDb(state(ctx).db) as db:
+        before = db.running()
         results = db.profiles.import_paths(paths)
+        after = db.running()
+    names = {r.name for r in results}
+    affected = {n: r for n, r in after.items() if r.profile in names}
     if as_json:
-        typer.echo(json_text([r.__dict__ for r in results]))
+        typer.echo(json_text([{**r.__dict__, "devices": [
+            {"name": n, "before": before[n].version if n in before else None, "after": d.version, "pinned": d.pinned}
+            for n, d in affected.items() if d.profile == r.name]} for r in results]))
         return
     for r in results:
         typer.echo(f"{r.status:<9} {r.name} {r.version}  from {r.source}")
+    for line in changes({n: before[n] for n in affected if n in before}, affected):
+        typer.echo(f"  {line}")
 
 
 @app.command("export")

@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from emsbms.cli.common import handle_errors, state
-from emsbms.db import EdgeDb
+from emsbms.cli.common import handle_errors, json_text, state
+from emsbms.db import EdgeDb, changes
 from emsbms.errors import ConfigError
 
 app = typer.Typer(help="Import a site TOML file into the database, or export the stored site.", no_args_is_help=True)
@@ -19,13 +19,28 @@ app = typer.Typer(help="Import a site TOML file into the database, or export the
 def import_(
     ctx: typer.Context,
     file: Annotated[Path, typer.Argument(metavar="FILE", help="the site TOML file")],
+    as_json: Annotated[bool, typer.Option("--json", help="print what each device ran and runs as JSON")] = False,
 ) -> None:
-    """Replace the stored buses and devices with FILE's, storing every profile they use."""
+    """Replace the stored buses and devices with FILE's, storing every profile they use.
+
+    Each device is pinned to the version the file names (NAME: the shipped profile; NAME@VERSION;
+    a file: its version): a later `profiles import` does not switch it. Prints, per device, the
+    version it ran before and the one it runs now.
+    """
     with EdgeDb(state(ctx).db) as db:
+        before = db.running()
         site, results = db.import_site(file)
+        after = db.running()
     stored = sum(1 for r in results if r.status == "stored")
+    if as_json:
+        typer.echo(json_text({"buses": len(site.buses), "devices": [
+            {"name": n, "before": before[n].__dict__ if n in before else None,
+             "after": after[n].__dict__ if n in after else None} for n in sorted({*before, *after})], "stored": [r.__dict__ for r in results if r.status == "stored"]}))
+        return
     typer.echo(f"imported {file}: {len(site.buses)} buses, {len(site.devices)} devices;"
                f" {stored} profile version(s) stored into {state(ctx).db}")
+    for line in changes(before, after):
+        typer.echo(f"  {line}")
 
 
 @app.command("export")

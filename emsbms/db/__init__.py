@@ -16,16 +16,17 @@ import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from emsbms.db.profiles import ImportResult, ProfileStore, StoredProfile, prepare, split_ref, version_key
 from emsbms.db.schema import LATEST, MIGRATIONS, applied, connect, migrate, schema_version, transaction
 from emsbms.db.sitedb import SiteStore, StoredSite, device_table, to_toml, write_toml
 from emsbms.errors import ConfigError, ProfileError
+from emsbms.profile.loader import list_shipped, load_profile
 from emsbms.profile.models import Profile
 from emsbms.protocols.base import DeviceConfig
-from emsbms.site import Site, build_adapters, load_profiles, load_site
+from emsbms.site import Site, build_adapters, load_site
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,42 @@ DEFAULT_PATH = Path("emsbms.db")
 def default_path() -> Path:
     """The database path when none is given: $EMSBMS_DB, else ./emsbms.db."""
     return Path(os.environ.get("EMSBMS_DB") or DEFAULT_PATH)
+
+
+@dataclass(frozen=True)
+class Running:
+    """What one device runs: its profile reference, and the name and version that reference gives."""
+
+    device: str
+    ref: str
+    profile: str
+    version: str | None  # None: the reference does not resolve
+
+    @property
+    def pinned(self) -> bool:
+        return split_ref(self.ref)[1] is not None
+
+    def text(self) -> str:
+        return f"{self.profile} {self.version or '(unavailable)'}"
+
+
+def changes(before: dict[str, Running], after: dict[str, Running]) -> list[str]:
+    """One line per device: the version it ran and the version it runs now (or that it is unchanged)."""
+    lines = []
+    for name in sorted(set(before) | set(after)):
+        old, new = before.get(name), after.get(name)
+        if new is None:
+            assert old is not None
+            lines.append(f"{name}: {old.text()} -> removed")
+            continue
+        how = f"pinned: {new.ref}" if new.pinned else f"follows the newest {new.profile}"
+        if old is None:
+            lines.append(f"{name}: runs {new.text()} ({how}; new device)")
+        elif old.text() == new.text():
+            lines.append(f"{name}: runs {new.text()} ({how}; unchanged)")
+        else:
+            lines.append(f"{name}: {old.text()} -> {new.text()} ({how})")
+    return lines
 
 
 class EdgeDb:
@@ -72,6 +109,18 @@ class EdgeDb:
     def has_devices(self) -> bool:
         return bool(self.site.devices())
 
+    def running(self) -> dict[str, Running]:
+        """What every commissioned device runs (the version its reference resolves to), by device name."""
+        out = {}
+        for d in self.site.devices():
+            name = split_ref(d.profile)[0]
+            try:
+                profile = self.profiles.resolve(d.profile)
+                out[d.name] = Running(d.name, d.profile, profile.name, profile.version)
+            except ProfileError:
+                out[d.name] = Running(d.name, d.profile, name, None)
+        return out
+
     def stored_site(self) -> StoredSite:
         """The commissioned site, each device's profile loaded from the store (no profile file is read).
 
@@ -101,19 +150,43 @@ class EdgeDb:
         Everything is validated first, by the checks every site passes (`emsbms.site`: keys, types,
         python-can interfaces and options, physical channels, ID widths and collisions, J1939 NAMEs
         and addresses); then one transaction stores the profiles and the site. A refused file leaves
-        the stored site as it was. Devices refer to their profiles by name afterwards.
+        the stored site as it was.
+
+        Each device runs exactly what the file names, pinned (stored as ``NAME@VERSION``), so a later
+        `profiles import` does not switch it: ``NAME`` is the shipped profile, as ``--site FILE``
+        runs it (a name that is not shipped: its newest stored version), ``NAME@VERSION`` that
+        version, stored or shipped, and a path that file.
         """
         site = load_site(path)
-        loaded = load_profiles(site)
+        loaded = self.site_profiles(site)
         build_adapters(site, loaded)
         items = [(_import_label(site, d.profile), loaded[d.name]) for d in site.devices]
-        devices = [replace_profile(d, loaded[d.name]) for d in site.devices]
+        devices = [replace(d, profile=f"{loaded[d.name].name}@{loaded[d.name].version}") for d in site.devices]
         stored = Site(org=site.org, name=site.name, buses=site.buses, devices=devices, path=site.path,
                       extra=site.extra)
         with transaction(self.db):
             results = self.profiles.add(items) if items else []
             self.site.replace(stored)
         return stored, results
+
+    def site_profiles(self, site: Site) -> dict[str, Profile]:
+        """Every device's profile as `import_site` pins it; ConfigError naming the file, device and key."""
+        out: dict[str, Profile] = {}
+        for i, d in enumerate(site.devices):
+            name, version = split_ref(d.profile)
+            try:
+                if name.endswith(".json") or "/" in name:
+                    path = Path(name)
+                    if site.path is not None and not path.is_absolute() and (site.path.parent / path).is_file():
+                        path = site.path.parent / path
+                    out[d.name] = load_profile(path)
+                elif version is None and name in list_shipped():
+                    out[d.name] = load_profile(name)
+                else:
+                    out[d.name] = self.profiles.resolve(d.profile)
+            except ProfileError as e:
+                raise ConfigError(f"{site.label}: [[device]] #{i + 1} {d.name!r}: key 'profile': {e}") from e
+        return out
 
     def export_site(self, path: Path | None = None) -> str:
         """The stored site as site TOML text (written to `path` when given, validated first)."""
@@ -149,7 +222,8 @@ def load_stored_site(path: str | Path) -> StoredSite:
 
 
 __all__ = [
-    "LATEST", "MIGRATIONS", "EdgeDb", "ImportResult", "ProfileStore", "SiteStore", "StoredProfile", "StoredSite",
-    "applied", "connect", "default_path", "device_table", "load_stored_site", "migrate", "prepare",
+    "LATEST", "MIGRATIONS", "EdgeDb", "ImportResult", "ProfileStore", "Running", "SiteStore", "StoredProfile",
+    "StoredSite",
+    "applied", "changes", "connect", "default_path", "device_table", "load_stored_site", "migrate", "prepare",
     "replace_profile", "schema_version", "split_ref", "to_toml", "version_key",
 ]
