@@ -33,9 +33,10 @@ def import_(
         after = db.running()
     stored = sum(1 for r in results if r.status == "stored")
     if as_json:
-        typer.echo(json_text({"buses": len(site.buses), "devices": [
-            {"name": n, "before": before[n].__dict__ if n in before else None,
-             "after": after[n].__dict__ if n in after else None} for n in sorted({*before, *after})], "stored": [r.__dict__ for r in results if r.status == "stored"]}))
+        devices = [{"name": n, "before": before[n].__dict__ if n in before else None,
+                    "after": after[n].__dict__ if n in after else None} for n in sorted({*before, *after})]
+        typer.echo(json_text({"buses": len(site.buses), "devices": devices,
+                              "stored": [r.__dict__ for r in results if r.status == "stored"]}))
         return
     typer.echo(f"imported {file}: {len(site.buses)} buses, {len(site.devices)} devices;"
                f" {stored} profile version(s) stored into {state(ctx).db}")
