@@ -20,7 +20,9 @@ from emsbms.site import load_site
 from tests.test_db import invoke
 
 # pylon-lv as PROTOCOLS.md and dbc/pylon_lv.dbc define it: (ID, DLC) of what the battery sends
-PYLON = [(0x351, 8), (0x355, 6), (0x356, 6), (0x359, 7), (0x35C, 2), (0x35E, 8), (0x372, 8), (0x373, 8), (0x379, 2)]
+PYLON = [(0x351, 8), (0x355, 6), (0x356, 6), (0x359, 7), (0x35A, 8), (0x35C, 2), (0x35E, 8), (0x372, 8), (0x373, 8),
+         (0x379, 2)]
+OPTIONAL = {0x35A, 0x372, 0x373, 0x379}  # genuine units may send only the other six
 
 
 def traffic(frames: list[tuple[int, int]], offset: int = 0, period: float = 1.0, count: int = 3) -> Traffic:
@@ -34,7 +36,7 @@ def traffic(frames: list[tuple[int, int]], offset: int = 0, period: float = 1.0,
 
 def test_expected_messages_leave_out_what_the_edge_sends() -> None:
     pylon = expected_messages(load_profile("pylon-lv"))
-    assert sorted((e.key, e.max_dlc) for e in pylon) == PYLON  # not 0x305, the edge's keepalive
+    assert sorted((e.key, e.length) for e in pylon) == PYLON  # not 0x305, the edge's keepalive
     assert {e.name: e.min_dlc for e in pylon}["PYLON_Limits"] == 6
     assert sorted(e.key for e in expected_messages(load_profile("acme-hv"))) == list(range(0x4A0, 0x4A6))
 
@@ -53,14 +55,19 @@ def test_wrong_lengths_and_rates_lower_the_confidence() -> None:
     pylon = load_profile("pylon-lv")
     exact = score(traffic(PYLON), pylon, 0)
     assert exact is not None and exact.confidence == pytest.approx(1.0)
-    short = [(i, 4 if i == 0x35E else d) for i, d in PYLON]
+    padded = score(traffic([(i, 8) for i, _ in PYLON]), pylon, 0)  # excess bytes are ignored: a right length
+    assert padded is not None and padded.dlc_ok == 1.0 and padded.confidence == pytest.approx(1.0)
+    short = [(i, 3 if i == 0x355 else d) for i, d in PYLON]  # below PYLON_SocSoh's min_dlc 4
     m = score(traffic(short), pylon, 0)
-    assert m is not None and m.dlc_ok == pytest.approx(8 / 9)
-    assert m.confidence == pytest.approx(0.5 + 0.25 * 8 / 9 + 0.25)
+    assert m is not None and m.dlc_ok == pytest.approx(9 / 10)
+    messages = 0.5 + 0.25 * 9 / 10 + 0.25
+    assert m.confidence == pytest.approx(messages + (1 - messages) * 0.2)  # every optional message heard
     fast = score(traffic(PYLON, period=0.25, count=12), pylon, 0)  # four times the profile's 1 s rate
-    assert fast is not None and fast.rate_ok == 0.0 and fast.confidence == pytest.approx(0.75)
-    few = score(traffic(PYLON[:2]), pylon, 0)  # 2 of 9 messages
-    assert few is not None and few.confidence == pytest.approx(2 / 9 * 1.0 * 2 / 3)
+    assert fast is not None and fast.rate_ok == 0.0 and fast.confidence == pytest.approx(0.75 + 0.25 * 0.2)
+    few = score(traffic(PYLON[:2]), pylon, 0)  # 2 of the 6 required messages, no optional one
+    assert few is not None and few.confidence == pytest.approx(2 / 6 * 1.0 * 2 / 3)
+    required = score(traffic([f for f in PYLON if f[0] not in OPTIONAL]), pylon, 0)
+    assert required is not None and required.confidence == pytest.approx(1.0)
 
 
 def three_protocols(tag: str) -> dict[str, object]:
