@@ -289,7 +289,7 @@ def test_demo_write_site(tmp_path: Path) -> None:
 def test_profiles_list() -> None:
     r = invoke("profiles", "list")
     assert r.exit_code == 0
-    assert re.search(r"^pylon-lv +1\.0\.0 +dbc ", r.stdout, re.M)
+    assert re.search(r"^pylon-lv +1\.1\.0 +dbc ", r.stdout, re.M)
     names = [p["name"] for p in json.loads(invoke("profiles", "list", "--json").stdout)]
     assert {"pylon-lv", "acme-hv", "acme-lv-bytemap"} <= set(names)
 
@@ -309,7 +309,7 @@ def test_profiles_validate(tmp_path: Path) -> None:
     good = Path(__file__).parent.parent / "profiles" / "pylon-lv.json"
     r = invoke("profiles", "validate", str(good))
     assert r.exit_code == 0
-    assert r.stdout.startswith("ok: pylon-lv 1.0.0 (dbc): 17 channels")
+    assert r.stdout.startswith("ok: pylon-lv 1.1.0 (dbc): 17 channels")
     doc = json.loads(good.read_text(encoding="utf-8"))
     doc["channels"]["Soc"]["scale"] = "big"
     bad = tmp_path / "bad.json"

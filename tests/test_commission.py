@@ -25,7 +25,7 @@ def db(tmp_path: Path) -> Path:
     r = invoke(path, "commission", "bms_0", "--bus", "can0", "--profile", "pylon-lv", "--interface", "virtual",
                "--channel", f"com-{uuid.uuid4().hex[:8]}")
     assert r.exit_code == 0, r.output
-    assert r.stdout.splitlines()[0] == "commissioned bms_0 on bus can0 with profile pylon-lv 1.0.0"
+    assert r.stdout.splitlines()[0] == "commissioned bms_0 on bus can0 with profile pylon-lv 1.1.0"
     return path
 
 
@@ -52,7 +52,7 @@ def test_an_id_offset_or_another_bus_makes_room(db: Path) -> None:
     assert [(d["name"], d["bus"], d.get("id_offset"), d["found_by"]) for d in rows] == [
         ("bms_0", "can0", None, "by hand"), ("bms_1", "can0", "0x100", "by hand"), ("bms_2", "can1", None, "by hand")]
     assert invoke(db, "devices", "list").stdout.splitlines()[1].split() == [
-        "bms_1", "can0", "pylon-lv", "1.0.0", "id_offset=0x100", "by", "hand"]
+        "bms_1", "can0", "pylon-lv", "1.1.0", "id_offset=0x100", "by", "hand"]
 
 
 def test_profiles_that_allow_shared_ids_may_share_a_bus(tmp_path: Path, db: Path) -> None:
@@ -110,11 +110,11 @@ def test_a_profile_file_is_stored_and_a_version_can_be_pinned(tmp_path: Path, db
     r = invoke(db, "commission", "p2", "--bus", "can0", "--profile", str(v2), "--id-offset", "-0x10")
     assert r.exit_code == 0, r.output
     assert r.stdout.startswith("commissioned p2 on bus can0 with profile pylon-lv 2.0.0 (id_offset -16)")
-    r = invoke(db, "commission", "p1", "--bus", "can0", "--profile", "pylon-lv@1.0.0", "--id-offset", "0x200")
+    r = invoke(db, "commission", "p1", "--bus", "can0", "--profile", "pylon-lv@1.1.0", "--id-offset", "0x200")
     assert r.exit_code == 0, r.output
     rows = {d["name"]: (d["profile"], d["version"]) for d in devices(db)}
     # bms_0 follows the newest stored version; p1 stays on the version it names
-    assert rows == {"bms_0": ("pylon-lv", "2.0.0"), "p2": ("pylon-lv", "2.0.0"), "p1": ("pylon-lv@1.0.0", "1.0.0")}
+    assert rows == {"bms_0": ("pylon-lv", "2.0.0"), "p2": ("pylon-lv", "2.0.0"), "p1": ("pylon-lv@1.1.0", "1.1.0")}
 
 
 def test_decommission(db: Path) -> None:

@@ -122,7 +122,7 @@ def test_the_run_log_and_the_edge_database_share_one_file(tmp_path: Path) -> Non
     with RunLog(path, site="s") as log:
         assert log.run_id == 1
     with EdgeDb(path) as db:
-        assert [(p.name, p.version) for p in db.profiles.all()] == [("pylon-lv", "1.0.0")]
+        assert [(p.name, p.version) for p in db.profiles.all()] == [("pylon-lv", "1.1.0")]
         assert db.db["runs"].count == 1
 
 
@@ -205,44 +205,44 @@ def test_newest_version_wins_and_a_version_can_be_named(tmp_path: Path) -> None:
 
 def test_profiles_list_show_export_and_diff(tmp_path: Path) -> None:
     db = tmp_path / "e.db"
-    v1 = profile_copy(tmp_path, version="1.0.0")
-    v2 = profile_copy(tmp_path, version="1.1.0", edit=pylon_v2)
+    v1 = profile_copy(tmp_path, version="1.1.0")
+    v2 = profile_copy(tmp_path, version="1.2.0", edit=pylon_v2)
     assert invoke(db, "profiles", "import", str(v2)).exit_code == 0
     listing = invoke(db, "profiles", "list").stdout.splitlines()
     pylon = [line.split()[:4] for line in listing if line.startswith("pylon-lv ")]
-    assert pylon == [["pylon-lv", "1.0.0", "dbc", "shipped"], ["pylon-lv", "1.1.0", "dbc", "stored"]]
+    assert pylon == [["pylon-lv", "1.1.0", "dbc", "shipped"], ["pylon-lv", "1.2.0", "dbc", "stored"]]
     rows = json.loads(invoke(db, "profiles", "list", "--json").stdout)
     assert [r["origin"] for r in rows if r["name"] == "pylon-lv"] == [["shipped"], ["stored"]]
 
     shown = invoke(db, "profiles", "show", "pylon-lv").stdout
-    assert shown.startswith("pylon-lv 1.1.0 (dbc)") and "StateOfHealth" in shown
+    assert shown.startswith("pylon-lv 1.2.0 (dbc)") and "StateOfHealth" in shown
     assert f"from: stored in {db}" in shown
-    old = invoke(db, "profiles", "show", "pylon-lv", "--version", "1.0.0").stdout
-    assert old.startswith("pylon-lv 1.0.0 (dbc)") and "from: shipped" in old
+    old = invoke(db, "profiles", "show", "pylon-lv", "--version", "1.1.0").stdout
+    assert old.startswith("pylon-lv 1.1.0 (dbc)") and "from: shipped" in old
     r = invoke(db, "profiles", "show", "pylon-lv", "--version", "7.0")
-    assert r.exit_code == 2 and "no version 7.0; known versions: 1.1.0, 1.0.0 (shipped)" in r.stderr
+    assert r.exit_code == 2 and "no version 7.0; known versions: 1.2.0, 1.1.0 (shipped)" in r.stderr
 
     out = tmp_path / "exported"
     r = invoke(db, "profiles", "export", "pylon-lv", str(out))
     assert r.exit_code == 0, r.output
     exported = json.loads((out / "pylon-lv.json").read_text(encoding="utf-8"))
-    assert exported["version"] == "1.1.0" and exported["channels"]["Soc"]["scale"] == 0.5
+    assert exported["version"] == "1.2.0" and exported["channels"]["Soc"]["scale"] == 0.5
     assert (out / exported["source"]["dbc"]).read_text(encoding="utf-8") == (
         tmp_path / json.loads(v2.read_text())["source"]["dbc"]).read_text(encoding="utf-8")
-    assert invoke(db, "profiles", "validate", str(out / "pylon-lv.json")).stdout.startswith("ok: pylon-lv 1.1.0")
+    assert invoke(db, "profiles", "validate", str(out / "pylon-lv.json")).stdout.startswith("ok: pylon-lv 1.2.0")
 
-    assert invoke(db, "profiles", "import", str(v1)).exit_code == 0  # 1.0.0 stored too: it wins over the shipped
-    d = invoke(db, "profiles", "diff", "pylon-lv", "1.0.0", "1.1.0")
+    assert invoke(db, "profiles", "import", str(v1)).exit_code == 0  # 1.1.0 stored too: it wins over the shipped
+    d = invoke(db, "profiles", "diff", "pylon-lv", "1.1.0", "1.2.0")
     assert d.exit_code == 0
     dbc = json.loads(v2.read_text())["source"]["dbc"]
     assert d.stdout.splitlines() == [
-        "pylon-lv 1.0.0 -> 1.1.0: 4 change(s)",
+        "pylon-lv 1.1.0 -> 1.2.0: 4 change(s)",
         f'~ profile.settings: source "{json.loads(v1.read_text())["source"]["dbc"]}" -> "{dbc}"',
         "- channels.Soh",
         "+ channels.StateOfHealth",
         "~ channels.Soc: scale 1.0 -> 0.5",
     ]
-    changes = json.loads(invoke(db, "profiles", "diff", "pylon-lv", "1.0.0", "1.1.0", "--json").stdout)
+    changes = json.loads(invoke(db, "profiles", "diff", "pylon-lv", "1.1.0", "1.2.0", "--json").stdout)
     assert changes[3] == {"section": "channels", "name": "Soc", "kind": "changed",
                           "fields": [{"field": "scale", "old": 1.0, "new": 0.5}]}
 
@@ -253,7 +253,7 @@ def test_diff_reports_message_changes(tmp_path: Path) -> None:
                                                                                   "BO_ 890 PYLON_Capacity: 4"),
                          edit=lambda d: d["messages"]["PYLON_Capacity"].update(period_ms=2000))
     assert invoke(db, "profiles", "import", str(moved)).exit_code == 0
-    lines = invoke(db, "profiles", "diff", "pylon-lv", "1.0.0", "2.0.0").stdout.splitlines()
+    lines = invoke(db, "profiles", "diff", "pylon-lv", "1.1.0", "2.0.0").stdout.splitlines()
     assert lines[1:] == [
         f"~ profile.settings: source \"pylon_lv.dbc\" -> \"{json.loads(moved.read_text())['source']['dbc']}\"",
         "~ messages.PYLON_Capacity: dlc 2 -> 4, id \"0x379\" -> \"0x37A\", settings.period_ms 1000.0 -> 2000.0",
