@@ -503,7 +503,9 @@ class DecodeStats:
     frames: int = 0
     decoded: int = 0
     unknown: int = 0  # no device of the frame's bus claims its ID
-    bad: int = 0  # a device's ID with a wrong length, a remote frame, ...
+    bad: int = 0  # a device's ID outside the profile's strict length bounds, a remote frame, ...
+    short: int = 0  # shorter than the message declares: decoded in part (the signals the bytes hold)
+    bad_values: int = 0  # numbers decoded as NaN or infinity: a sample with quality invalid, or none
     error_frames: int = 0
     samples: int = 0
     last_bad: str = ""
@@ -592,10 +594,14 @@ class OfflineDecoder:
         st.per_bus[bus] += 1
         claimed = ok = False
         for a in self._tables[bus].handlers(msg):
+            short, bad = a.counters()
             try:
                 out = a.on_frame(msg, ts)
             except Exception as e:  # adapters must not raise; count it if one does
                 out = Output(error=f"{a.device.name}: adapter raised {e!r}")
+            short_after, bad_after = a.counters()
+            st.short += short_after - short
+            st.bad_values += bad_after - bad
             if out is None:
                 continue
             claimed = True
