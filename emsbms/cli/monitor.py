@@ -124,6 +124,50 @@ def logs_into(events: EventLog, enabled: bool) -> Iterator[None]:
             root.addHandler(h)
 
 
+class Screen:
+    """One monitor's state between redraws: its event log, history, key controls, and what a
+    pause froze. `frame(width, height, hint)` drains the log and draws."""
+
+    def __init__(self, edge: Edge, log: EventLog, filters: Filters, title: str) -> None:
+        self.edge = edge
+        self.log = log
+        self.filters = filters
+        self.title = title
+        self.history = History()
+        self.metas = device_metas(edge)
+        self.controls = Controls(Pager(time.monotonic(), PAGE_S))
+        self.frozen: Frozen | None = None
+
+    def feed(self, data: bytes, now_s: float) -> None:
+        """Keys from the terminal; a pause freezes what is on the screen at the key press."""
+        was_paused = self.controls.paused
+        self.controls.feed(data, now_s)
+        if self.controls.paused and not was_paused:
+            self.log.drain()
+            self.frozen = self._now()
+
+    def _now(self) -> Frozen:
+        rows = tuple(frame_rows(self.edge)) if self.controls.show is Show.FRAMES else ()
+        return Frozen(self.edge.snapshot(), now_us(), tuple(self.log.events()), self.log.total, rows)
+
+    def frame(self, width: int, height: int, hint: bool = True) -> RenderableType:
+        controls = self.controls
+        self.log.drain()  # also while paused: the inbox stays bounded
+        if not controls.paused:
+            self.frozen = None
+        elif self.frozen is None:
+            self.frozen = self._now()
+        elif controls.show is Show.FRAMES and not self.frozen.frames:  # paused before the frames page was shown
+            self.frozen = replace(self.frozen, frames=tuple(frame_rows(self.edge)))
+        state_now = self.frozen or self._now()
+        if self.frozen is None:
+            self.history.sample(state_now.snapshot, state_now.now_us)
+        shown = replace(self.filters, page=controls.page(time.monotonic()), text=controls.text, show=controls.show)
+        return render(state_now.snapshot, state_now.now_us, width, height, shown, self.title,
+                      history=self.history, events=state_now.events, devices=self.metas,
+                      events_total=state_now.events_total, status=controls.status(hint), frames=state_now.frames)
+
+
 def show(
     edge: Edge,
     duration: float | None,
@@ -140,46 +184,22 @@ def show(
     or the event details page, filter, and turn the pages.
     """
     console = console or Console()
-    log = events if events is not None else watch(edge)
-    history = History()
-    metas = device_metas(edge)
-    controls = Controls(Pager(time.monotonic(), PAGE_S))
-    frozen: Frozen | None = None
-
-    def now_state() -> Frozen:
-        rows = tuple(frame_rows(edge)) if controls.show is Show.FRAMES else ()
-        return Frozen(edge.snapshot(), now_us(), tuple(log.events()), log.total, rows)
-
-    def frame(status: str) -> RenderableType:
-        nonlocal frozen
-        size = console.size
-        log.drain()  # also while paused: the inbox stays bounded
-        if controls.paused and frozen is None:
-            frozen = now_state()
-        elif not controls.paused:
-            frozen = None
-        if frozen is not None and controls.show is Show.FRAMES and not frozen.frames:
-            frozen = replace(frozen, frames=tuple(frame_rows(edge)))  # paused before the frames page was shown
-        state_now = frozen or now_state()
-        if frozen is None:
-            history.sample(state_now.snapshot, state_now.now_us)
-        shown = replace(filters, page=controls.page(time.monotonic()), text=controls.text, show=controls.show)
-        return render(state_now.snapshot, state_now.now_us, size.width, max(size.height - 1, 5), shown, title,
-                      history=history, events=state_now.events, devices=metas, events_total=state_now.events_total,
-                      status=status, frames=state_now.frames)
-
+    screen = Screen(edge, events if events is not None else watch(edge), filters, title)
+    controls = screen.controls
+    log = screen.log
     deadline = None if duration is None else time.monotonic() + duration
     live = Live(console=console, auto_refresh=False, redirect_stderr=True)
     with stop_signals() as stop, KeyReader(stop, console.is_terminal) as keys, logs_into(log, console.is_terminal), \
             live:
         while not stop.is_set():
-            live.update(frame(controls.status(keys.active)), refresh=True)
+            size = console.size
+            live.update(screen.frame(size.width, max(size.height - 1, 5), keys.active), refresh=True)
             left = REFRESH_S if deadline is None else min(REFRESH_S, deadline - time.monotonic())
             if left <= 0:
                 break
             data = keys.read(left)
             if data:
-                controls.feed(data, time.monotonic())
+                screen.feed(data, time.monotonic())
             if controls.quit:
                 stop.set()
     if not console.is_terminal:

@@ -1,5 +1,6 @@
 """The monitor's frames page: per bus and ID what was received (count, measured period, DLC, the
-last bytes with the changed ones highlighted, age) and which device claims it, unknown IDs first."""
+last bytes with the changed ones highlighted, as text too, the age of the frame and of the last
+change) and which device claims it, unknown IDs first."""
 
 from __future__ import annotations
 
@@ -71,9 +72,11 @@ def frame_columns(rows: Sequence[FrameRow]) -> list[Column]:
     bus_w = max(3, min(12, max((len(r.bus) for r in rows), default=3)))
     device_w = max(7, min(24, max((len(r.device) for r in rows), default=7)))
     id_w = 10 if any(r.stat.extended for r in rows) else 5
+    longest = max((len(r.stat.data) for r in rows), default=8)
     return [Column("Bus", bus_w), Column("ID", id_w), Column("Device", device_w, drop=2),
             Column("Count", 6, "right"), Column("Period", 7, "right"), Column("DLC", 3, "right"),
-            Column("Seen", 4, "right", drop=1), Column("Data", 23, grow=200)]
+            Column("Seen", 4, "right", drop=1), Column("Data", max(23, 3 * longest - 1)),
+            Column("ASCII", max(8, longest), drop=3), Column("Changed", 7, "right", drop=4)]
 
 
 def _row(row: FrameRow, now_us: int) -> list[Text | str]:
@@ -81,7 +84,13 @@ def _row(row: FrameRow, now_us: int) -> list[Text | str]:
     device = Text(row.device, style="bold") if row.device else Text(UNKNOWN, style="bold yellow")
     seen = format_age(now_us, int(stat.last_s * 1e6))
     return [row.bus, Text(id_text(row), style="bold"), device, count_text(stat.frames), period_text(stat.period_s),
-            str(stat.dlc), Text(seen, style="dim"), data_text(row, now_us)]
+            str(stat.dlc), Text(seen, style="dim"), data_text(row, now_us), Text(ascii_text(stat.data), style="dim"),
+            Text(format_age(now_us, int(stat.changed_s * 1e6)) if stat.changed_s else "never", style="dim")]
+
+
+def ascii_text(data: bytes) -> str:
+    """The bytes as characters, ``.`` for those that are not printable ASCII (``PYTES...``)."""
+    return "".join(chr(b) if 0x20 <= b < 0x7F else "." for b in data)
 
 
 def frames_page(scene: Scene, filters: Filters, width: int, rows: int) -> list[Text]:
