@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from emsbms.cli.common import CliState, handle_errors, state
+from emsbms.cli.common import CliState, handle_errors, json_text, state
 from emsbms.commissioning.commission import commission
 from emsbms.db import EdgeDb, changes
 from emsbms.errors import ConfigError
@@ -69,6 +69,8 @@ def command(
     interface: Interface = None,
     channel: Channel = None,
     bitrate: Bitrate = 500_000,
+    as_json: Annotated[bool, typer.Option("--json", help="print the device and its version before and after as JSON")]
+    = False,
 ) -> None:
     """Store a device in the database; refused if its IDs collide with a device already on that bus.
 
@@ -90,6 +92,11 @@ def command(
             cli, bus, interface, channel, bitrate)
         done = commission(db, device, bus_config, found_by="by hand")
         after = db.running()
+    if as_json:
+        old, new = before.get(device.name), after[device.name]
+        typer.echo(json_text({"device": device.name, "bus": bus, "new_bus": done.new_bus, "ref": new.ref,
+                              "pinned": new.pinned, "before": old.version if old else None, "after": new.version}))
+        return
     typer.echo(done.describe())
     for line in changes({name: r for name, r in before.items() if name == device.name},
                         {name: r for name, r in after.items() if name == device.name}):

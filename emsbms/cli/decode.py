@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import math
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -29,6 +30,12 @@ def matching(samples: Iterable[Sample], patterns: list[str]) -> Iterator[Sample]
             yield s
 
 
+def finite_values(samples: Iterable[Sample]) -> Iterator[Sample]:
+    """The samples with a NaN or infinite value as None (JSON has no NaN: it is written null)."""
+    for s in samples:
+        yield s._replace(value=None) if isinstance(s.value, float) and not math.isfinite(s.value) else s
+
+
 def summary(stats: DecodeStats, written: int, where: str) -> str:
     per_bus = ", ".join(f"{name} {n}" for name, n in stats.per_bus.items() if n)
     text = (f"decode: {stats.frames} frames" + (f" ({per_bus})" if per_bus else "")
@@ -53,15 +60,20 @@ def command(
         list[str] | None,
         typer.Option("--address", metavar="PATTERN", help="only addresses matching PATTERN, e.g. 'bms_0/*'"),
     ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="the same as --format jsonl")] = False,
 ) -> None:
     """Decode FILE with the site's profiles, offline: one row per channel sample, µs timestamps.
 
     Columns: address, value, unit, timestamp_us, quality. Supervision runs on the log's clock.
+    In JSON lines (--json) a NaN or infinite value is null.
     """
     log_format(file)
     the_site = state(ctx).load_site()
     decoder = OfflineDecoder(the_site, BusMap(the_site, bus or []))
+    fmt = SampleFormat.JSONL if as_json else fmt
     samples = matching(decoder.decode(read_log(file)), address or [])
+    if fmt is SampleFormat.JSONL:
+        samples = finite_values(samples)
     if output is None:
         written = write_samples(samples, decoder.units, sys.stdout, fmt)
         sys.stdout.flush()

@@ -156,10 +156,14 @@ def show(
 def validate(
     ctx: typer.Context,
     file: Annotated[str, typer.Argument(metavar="FILE", help="the profile JSON file")],
+    as_json: Annotated[bool, typer.Option("--json", help="print the profile's summary as JSON")] = False,
 ) -> None:
     """Check a profile file as a whole. Exit 2 with the JSON path of the first fault."""
     profile = load_profile(file)
     s = summary(profile)
+    if as_json:
+        typer.echo(json_text({"ok": True, **s}))
+        return
     err_free = f"ok: {s['name']} {s['version']} ({s['protocol']}): {s['channels']} channels, {s['alarms']} alarms,"
     typer.echo(f"{err_free} {s['commands']} commands")
 
