@@ -129,12 +129,12 @@ def test_scan_commission_asks_and_names(tmp_path: Path) -> None:
         r = invoke(db, "--site", str(site_file), "scan", "--bus", "can0", "--method", "passive", "--listen", "2.5",
                    "--commission", input="y\nmy_pylon\nn\n")
     assert r.exit_code == 0, r.output
-    assert "commissioned my_pylon on bus can0 with profile pylon-lv 1.0.0" in r.stderr
+    assert "commissioned my_pylon on bus can0 with profile pylon-lv 1.1.0" in r.stderr
     assert [(d["name"], d["profile"]) for d in json.loads(invoke(db, "devices", "list", "--json").stdout)] == [
         ("my_pylon", "pylon-lv")]
     lines = r.stdout.splitlines()
     assert lines[0].startswith(f"bus can0 (virtual:{tables['bus'][0]['channel']}): ")  # type: ignore[index]
-    assert lines[1].split()[:3] == ["1.00", "pylon-lv", "1.0.0"]
+    assert lines[1].split()[:3] == ["1.00", "pylon-lv", "1.1.0"]
 
 
 def listen_while(channel: str, action: threading.Thread) -> list[can.Message]:
