@@ -133,7 +133,7 @@ def test_values_identity_and_polled_objects_reach_the_edge() -> None:
         assert fresh_after(edge, "VendorId", edge.started_us) == 0x454D5342
         assert fresh_after(edge, "DeviceType", edge.started_us) == 0x1A2
         assert wait_for(lambda: value(edge, "CommState") is CommState.OK)
-        assert value(edge, "NmtState") is NmtState.OPERATIONAL
+        assert wait_for(lambda: value(edge, "NmtState") is NmtState.OPERATIONAL)  # from its first heartbeat
         assert value(edge, "Alarm/Identity") is AlarmLevel.OK
 
 

@@ -437,9 +437,16 @@ class CanopenAdapter(Adapter):
             return CommState.LOST
         if not self._decoded_any:
             return CommState.STALE if now_us - self.start_us > self.grace_us else CommState.WAITING
-        if any(r.stale and r.period_us for r in self._routes.values()) or not self._mapping_valid:
+        if any(self._overdue(r, now_us) for r in self._routes.values()) or not self._mapping_valid:
             return CommState.STALE
         return CommState.OK
+
+    def _overdue(self, route: _Route, now_us: int) -> bool:
+        """A timed TPDO gone stale; one not yet heard since start only after its 2.5 periods of grace
+        (as the DBC supervisor gives its messages), so a device is OK from its first TPDOs on."""
+        if not (route.period_us and route.stale):
+            return False
+        return route.last_us > 0 or now_us - self.start_us > STALE_FACTOR * route.period_us
 
     def _transition(self, now_us: int) -> list[Sample]:
         new = self._derive_state(now_us)
