@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +22,10 @@ from typer.testing import CliRunner, Result
 from emsbms.cli import app
 from emsbms.cli.decode import finite_values
 from emsbms.demo import site_toml
+from emsbms.errors import ConfigError
 from emsbms.profile import load_profile
 from emsbms.sim.runner import Simulation
-from emsbms.site import load_site
+from emsbms.site import load_profiles, load_site
 from emsbms.types import Quality, Sample
 from tests.test_db import profile_copy, pylon_v2
 
@@ -204,6 +207,15 @@ def test_a_site_import_runs_the_version_its_file_names_and_a_later_import_does_n
         f"  bms_0: runs pylon-lv {shipped} (pinned: pylon-lv@{shipped}; unchanged)",
         "  bms_1: runs pylon-lv 9.0.0 (pinned: pylon-lv@9.0.0; unchanged)",
         "  bms_2: pylon-lv 9.0.0 -> pylon-lv 9.1.0 (follows the newest pylon-lv)"]
+    # the exported site names the pinned versions, and --site runs the shipped one as it is
+    out = tmp_path / "out.toml"
+    assert invoke("--db", str(db), "site", "export", str(out)).exit_code == 0
+    exported = load_site(out)
+    assert [d.profile for d in exported.devices] == [f"pylon-lv@{shipped}", "pylon-lv", "pylon-lv@9.0.0"]
+    with pytest.raises(ConfigError, match=re.escape(f"'bms_1': key 'profile': profile pylon-lv@9.0.0: the shipped"
+                                                    f" pylon-lv is version {shipped}; other versions are in an edge")):
+        load_profiles(exported)
+    assert load_profiles(replace(exported, devices=exported.devices[:1]))["bms_0"].version == shipped
     doc = strict_json(invoke("--db", str(db), "site", "import", str(site), "--json").stdout)
     assert [(d["name"], d["before"]["version"], d["after"] and d["after"]["version"]) for d in doc["devices"]] == [
         ("bms_0", shipped, shipped), ("bms_1", "9.0.0", "9.0.0"), ("bms_2", "9.1.0", None)]

@@ -46,11 +46,21 @@ def load_profiles(site: Site) -> dict[str, Profile]:
             if site.path is not None and not path.is_absolute() and (site.path.parent / path).is_file():
                 ref = str(site.path.parent / path)
             try:
-                cache[d.profile] = load_profile(ref)
+                cache[d.profile] = _load_ref(ref)
             except ProfileError as e:
                 raise ConfigError(f"{site.label}: [[device]] #{i + 1} {d.name!r}: key 'profile': {e}") from e
         profiles[d.name] = cache[d.profile]
     return profiles
+
+
+def _load_ref(ref: str) -> Profile:
+    """A profile file, a shipped NAME, or NAME@VERSION of a shipped profile (other versions are in a database)."""
+    name, sep, version = ref.partition("@")
+    profile = load_profile(name if sep and not ref.endswith(".json") else ref)
+    if sep and not ref.endswith(".json") and profile.version.split(".") != version.split("."):
+        raise ProfileError(f"profile {ref}: the shipped {name} is version {profile.version}; other versions are"
+                           " in an edge database: `emsbms site import` this file, then run without --site")
+    return profile
 
 
 @dataclass(frozen=True)
