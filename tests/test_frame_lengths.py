@@ -337,3 +337,21 @@ def test_partial_decoders_equal_cantools_truncated_decoding(index: int, data: by
     raw = message.decode(data, decode_choices=False, scaling=False, allow_truncated=True)
     assert dict(zip(compiled.signal_names, compiled.decode(data), strict=True)) == want
     assert dict(zip(compiled.signal_names, compiled.decode_raw(data), strict=True)) == raw
+
+
+def test_the_simulator_sends_0x35a_as_ok_fields_and_raises_them_with_the_model() -> None:
+    from emsbms.sim.battery import BatteryModel
+    from emsbms.sim.dbc_sim import DbcSimulator
+    from emsbms.site import BusConfig
+
+    model = BatteryModel()
+    sim = DbcSimulator(DeviceConfig("bms_0", "can0", "pylon-lv"), load_profile("pylon-lv"),
+                       BusConfig(name="can0", interface="virtual", channel="sim-35a"), model)
+    out = next(o for o in sim._outgoing if o.message.frame_id == 0x35A)
+    assert sim.encode(out, model.channels()) == bytes([0xAA, 0xAA, 0xAA, 0x02] * 2)  # every field 10: OK
+    model.temperature = 56.0
+    model.step(0.1)  # the model latches its over-temperature alarm
+    data = sim.encode(out, model.channels())
+    assert data[:2] == bytes([0x6A, 0xA6])  # 01 in high temperature (byte 0 bits 6-7), high temp charge (byte 1 2-3)
+    got = channel_values(pylon().on_frame(frame(0x35A, data), 0))
+    assert got["bms_0/Alarm/OverTemperature"] is ALARM and got["bms_0/Alarm/OverVoltage"] is OK
