@@ -9,6 +9,12 @@ cantools uses (``raw * scale + offset``), so the values are identical.
 ``compile_sampler`` goes one step further for an adapter: one generated function turns a
 full-length payload straight into the channel samples of a device (the profile's corrections
 applied, each ``Sample`` built without the NamedTuple constructor's Python-level call).
+
+Frames shorter than their message: ``compile_message(message, n)`` compiles the decoders of an
+``n``-byte payload, holding only the signals that lie wholly inside it (cantools'
+``allow_truncated``), and ``compile_partial_sampler`` the sampler over them. Adapters compile one
+per length when it is first seen. A float signal's NaN or ±Infinity gives a sample with quality
+invalid and no value, never an exception.
 """
 
 from __future__ import annotations
