@@ -27,7 +27,8 @@ Writes: WAL journal with ``synchronous=NORMAL``, one transaction per flush inter
 ``max_age_s`` ago, then the oldest until the pages take at most ``max_bytes`` (down to 90 % of
 it). ``DROP TABLE`` puts a partition's pages on the free list without writing them, and the newest
 partition reuses them, so at the limit the log writes no more than while it grows (deleting rows
-from the front of one table rebalanced its B-tree: 3.1–3.3 bytes written per byte of samples).
+from the front of one table rebalanced its B-tree: 3.1–3.6 bytes written per byte of samples,
+now 2.0; see docs/performance.md, "Run log").
 A file created with ``auto_vacuum=INCREMENTAL`` is also shrunk step by step when more than a
 quarter of ``max_bytes`` is free (after a lower limit).
 
@@ -635,12 +636,11 @@ class RunLog:
         while over and p.used_bytes > target and batches < max_batches:  # by size
             part = self.part
             per_row = max(1, part.size(p) // part.rows) if part is not None and part.rows else 1
-            n = self._drop_oldest(min(keep.batch, -(-(p.used_bytes - target) // per_row)))
-            if n == 0 and not part_ids(self.conn):
-                break
-            deleted += n
+            deleted += self._drop_oldest(min(keep.batch, -(-(p.used_bytes - target) // per_row)))
             batches += 1
-            p = pages(self.conn)
+            before, p = p, pages(self.conn)
+            if p.used >= before.used:  # nothing left to give (the other tables take the room)
+                break
         if _incremental(self.conn) and p.free_bytes > keep.max_bytes // 4:
             # executescript steps it to the end (execute frees one page per call)
             self.conn.executescript(f"PRAGMA incremental_vacuum({min(p.free, 2048)});")
