@@ -167,3 +167,13 @@ def test_a_slow_subscriber_never_blocks_the_reader_overflow_is_counted() -> None
         assert runner.dropped > 0
         assert wait(lambda: edge.snapshot().value("can0/Dropped") == runner.dropped, 10)
     peer.shutdown()
+
+
+def test_the_bus_state_is_published_when_the_edge_starts_before_any_frame() -> None:
+    site = virtual_site(["can0"], [{"name": "bms_0", "bus": "can0", "profile": "pylon-lv"}])
+    edge = Edge(site)
+    assert edge.snapshot().value("can0/State") is None
+    with edge:  # start() returns with the state known: a reader never sees a bus without one
+        snap = edge.snapshot()
+        assert snap.value("can0/State") is BusState.UNKNOWN  # virtual reports no controller state
+        assert snap.value("can0/RxFrames") == 0 and snap.value("can0/BusLoad") is None

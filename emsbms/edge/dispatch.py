@@ -102,6 +102,7 @@ class Dispatcher:
         with self.lock:
             for a in self.adapters:
                 self._emit(a.start(t))
+        self.publish_health(t)  # the bus's State (and its counters) from the start, before any frame
         self._thread = threading.Thread(
             target=self._loop, name=f"emsbms-dispatch-{self.runner.name}", daemon=True
         )
