@@ -130,6 +130,7 @@ def test_scan_commission_asks_and_names(tmp_path: Path) -> None:
                    "--commission", input="y\nmy_pylon\nn\n")
     assert r.exit_code == 0, r.output
     assert "commissioned my_pylon on bus can0 with profile pylon-lv 1.1.0" in r.stderr
+    assert "my_pylon: runs pylon-lv 1.1.0 (follows the newest pylon-lv; new device)" in r.stderr.splitlines()
     assert [(d["name"], d["profile"]) for d in json.loads(invoke(db, "devices", "list", "--json").stdout)] == [
         ("my_pylon", "pylon-lv")]
     lines = r.stdout.splitlines()

@@ -110,7 +110,8 @@ def test_scan_commission_yes_takes_a_unit_that_sends_only_the_core_frames(tmp_pa
     assert (best["profile"], best["required_heard"], best["expected"], best["identity"]) == ("pylon-lv", 6, 6, "match")
     assert best["confidence"] >= HIGH_CONFIDENCE and best["high"] is True
     assert "6/6 required messages heard (0x351, 0x355, 0x356, 0x359, 0x35C, 0x35E)" in best["evidence"]
-    assert [(c["device"], c["profile"]) for c in doc["commissioned"]] == [("pylon_lv", "pylon-lv")]
+    assert [(c["device"], c["profile"], c["before"], c["after"], c["pinned"]) for c in doc["commissioned"]] == [
+        ("pylon_lv", "pylon-lv", None, "1.1.0", False)]
     rows = json.loads(invoke(db, "devices", "list", "--json").stdout)
     assert [(d["name"], d["profile"], d["bus"]) for d in rows] == [("pylon_lv", "pylon-lv", channel)]
 

@@ -16,7 +16,7 @@ from emsbms.commissioning.commission import commission, suggest_name
 from emsbms.commissioning.passive import HIGH_CONFIDENCE
 from emsbms.commissioning.scan import BusScan, Candidate, Method, catalog, scan
 from emsbms.commissioning.scan import Progress as ScanProgress
-from emsbms.db import EdgeDb
+from emsbms.db import EdgeDb, changes
 from emsbms.errors import ConfigError, EmsbmsError
 from emsbms.profile.models import Profile
 from emsbms.protocols.base import DeviceConfig
@@ -166,6 +166,7 @@ def _commission(db: EdgeDb, results: list[BusScan], yes: bool) -> list[dict[str,
             name = suggest_name(c.profile, taken)
             if not yes:
                 name = typer.prompt("device name", default=name, err=True)
+            before = db.running()
             try:
                 result = commission(db, c.device_config(name), r.bus, found_by=f"scan: {c.method.value}"
                                     f" {c.confidence:.2f}")
@@ -173,5 +174,9 @@ def _commission(db: EdgeDb, results: list[BusScan], yes: bool) -> list[dict[str,
                 err(f"refused: {e}")
                 continue
             err(result.describe())
-            done.append({**c.as_dict(), "device": name})
+            now = db.running()[name]
+            for line in changes({}, {name: now}):  # what the new device runs, as commission says it
+                err(line)
+            done.append({**c.as_dict(), "device": name, "ref": now.ref, "pinned": now.pinned,
+                         "before": before[name].version if name in before else None, "after": now.version})
     return done
