@@ -212,7 +212,7 @@ def test_decode_cli_csv_output_bus_mapping_and_filter(site_file: Path, tmp_path:
         "bms_1/Voltage,52.12,V,1700000000123456,ok",
         "bms_1/Soc,77,%,1700000000223456,ok",
     ]
-    assert "2 frames (hv 2): 2 decoded, 0 unknown IDs" in result.stderr
+    assert "2 frames (hv 2): 2 decoded, 0 unknown IDs, 0 bad, 0 short, 0 bad values, 0 error frames" in result.stderr
 
 
 def test_decode_cli_jsonl_to_stdout_with_global_site(site_file: Path, tmp_path: Path) -> None:

@@ -39,7 +39,8 @@ def finite_values(samples: Iterable[Sample]) -> Iterator[Sample]:
 def summary(stats: DecodeStats, written: int, where: str) -> str:
     per_bus = ", ".join(f"{name} {n}" for name, n in stats.per_bus.items() if n)
     text = (f"decode: {stats.frames} frames" + (f" ({per_bus})" if per_bus else "")
-            + f": {stats.decoded} decoded, {stats.unknown} unknown IDs, {stats.bad} bad, {stats.error_frames}"
+            + f": {stats.decoded} decoded, {stats.unknown} unknown IDs, {stats.bad} bad,"
+            f" {stats.short} short, {stats.bad_values} bad values, {stats.error_frames}"
             f" error frames; {written} samples written to {where}")
     return text + (f"; last bad frame: {stats.last_bad}" if stats.bad else "")
 
