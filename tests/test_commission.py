@@ -47,7 +47,9 @@ def test_an_id_offset_or_another_bus_makes_room(db: Path) -> None:
     assert invoke(db, "commission", "bms_1", "--bus", "can0", "--profile", "pylon-lv", "--id-offset", "0x100",
                   ).exit_code == 0
     r = invoke(db, "commission", "bms_2", "--bus", "can1", "--profile", "pylon-lv", "--interface", "virtual")
-    assert r.exit_code == 0 and r.stdout.splitlines()[1] == "stored bus can1 (virtual:can1, 500000 bit/s)"
+    assert r.exit_code == 0 and r.stdout.splitlines()[1:] == [
+        "bms_2: runs pylon-lv 1.1.0 (follows the newest pylon-lv; new device)",
+        "stored bus can1 (virtual:can1, 500000 bit/s)"]
     rows = devices(db)
     assert [(d["name"], d["bus"], d.get("id_offset"), d["found_by"]) for d in rows] == [
         ("bms_0", "can0", None, "by hand"), ("bms_1", "can0", "0x100", "by hand"), ("bms_2", "can1", None, "by hand")]

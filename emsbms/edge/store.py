@@ -497,6 +497,18 @@ class RunLog:
         return result
 
     def _insert(self, rows: list[Row]) -> None:
+        for chunk in self._chunks(rows):
+            self._insert_chunk(chunk)
+
+    def _chunks(self, rows: list[Row]) -> list[list[Row]]:
+        """`rows` in pieces of at most a quarter partition each (a burst never makes one huge
+        partition, which retention could only drop whole); one piece at the usual rates."""
+        part = self.part
+        per_row = max(16, part.size(pages(self.conn)) // part.rows) if part is not None and part.rows else 64
+        n = max(1, self._part_bytes // 4 // per_row)
+        return [rows[i:i + n] for i in range(0, len(rows), n)]
+
+    def _insert_chunk(self, rows: list[Row]) -> None:
         with self._db_lock:
             now = self.clock()
             try:
