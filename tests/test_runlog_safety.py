@@ -26,8 +26,10 @@ from emsbms.cli import app
 from emsbms.cli.common import json_text
 from emsbms.demo import site_toml
 from emsbms.edge import Edge
+from emsbms.edge.lock import EdgeLock
+from emsbms.edge.partitions import pages
 from emsbms.edge.registry import Registry
-from emsbms.edge.store import EdgeLock, Retention, RunLog, pages
+from emsbms.edge.store import Retention, RunLog
 from emsbms.errors import ConfigError
 from emsbms.sim.runner import Simulation
 from emsbms.site import load_site

@@ -11,7 +11,8 @@ import typer
 
 from emsbms.cli.common import Duration, err, handle_errors, run_until, state, stop_signals
 from emsbms.edge import Edge
-from emsbms.edge.store import DEFAULT_MAX_AGE_S, DEFAULT_MAX_BYTES, EdgeLock, Retention, RunLog
+from emsbms.edge.lock import EdgeLock
+from emsbms.edge.store import DEFAULT_MAX_AGE_S, DEFAULT_MAX_BYTES, Retention, RunLog
 from emsbms.edge.watch import ProfileWatcher
 from emsbms.errors import ConfigError
 

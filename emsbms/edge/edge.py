@@ -15,8 +15,8 @@ from emsbms.can.bus import BusFactory, BusRunner, open_python_can
 from emsbms.db import load_stored_site
 from emsbms.edge.commands import CommandChannel
 from emsbms.edge.dispatch import Dispatcher, now_us
+from emsbms.edge.lock import EdgeLock
 from emsbms.edge.registry import Callback, Registry, Snapshot, Subscription
-from emsbms.edge.store import EdgeLock
 from emsbms.errors import ConfigError, UnknownAddressError, UnsupportedError
 from emsbms.profile.models import Profile
 from emsbms.protocols import adapter_class

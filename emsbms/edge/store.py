@@ -41,7 +41,6 @@ only one is left) to make room for the newest.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import queue
@@ -54,6 +53,19 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, TypeVar
 
+from emsbms.edge.lock import EdgeLock
+from emsbms.edge.partitions import (
+    COLUMNS,
+    Part,
+    has_view,
+    incremental,
+    is_full,
+    make_view,
+    migrate,
+    pages,
+    part_ids,
+    part_name,
+)
 from emsbms.errors import ConfigError
 from emsbms.types import ChannelInfo, Quality, Reading, Value
 
@@ -89,7 +101,6 @@ CREATE TABLE IF NOT EXISTS runs (
 
 Row = tuple[str, Any, str, int, str]
 T = TypeVar("T")
-_COLUMNS = "address, value, unit, timestamp_us, quality"
 _UPSERT_CHANNEL = (
     "INSERT OR REPLACE INTO channels (address, device, unit, kind, description, minimum, maximum)"
     " VALUES (?, ?, ?, ?, ?, ?, ?)"
@@ -122,64 +133,6 @@ def sql_value(value: Value) -> Any:
         return int(value)
     return value
 
-
-# -- one edge per database -------------------------------------------------------------------------
-
-
-class EdgeLock:
-    """The lock that makes one edge the only one on a database file.
-
-    An exclusive ``flock`` on ``<db>.lock``, which holds the holder's PID and start time. The
-    kernel releases it when the holder's file is closed or its process dies (SIGKILL included),
-    so a crash never leaves a stale lock. Readers of the database do not take it.
-    """
-
-    def __init__(self, db: Path, fd: int) -> None:
-        self.db = db
-        self._fd: int | None = fd
-
-    @staticmethod
-    def path_for(db: str | Path) -> Path:
-        db = Path(db)
-        return db.with_name(db.name + ".lock")
-
-    @classmethod
-    def acquire(cls, db: str | Path) -> EdgeLock:
-        """Take the lock of `db`; ConfigError naming the holder if another edge has it."""
-        db = Path(db)
-        path = cls.path_for(db)
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as e:
-            raise ConfigError(f"database {db}: cannot create its lock file {path}: {e.strerror}") from e
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").split()
-            os.close(fd)
-            pid = holder[0] if holder else "unknown"
-            started = " ".join(holder[1:3]) if len(holder) >= 3 else "unknown"
-            raise ConfigError(
-                f"database {db} is in use by the edge with PID {pid} (started {started}); stop it first"
-            ) from None
-        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime())
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()} {started}\n".encode(), 0)
-        return cls(db, fd)
-
-    def release(self) -> None:
-        """Give the lock up (closing its file releases the flock)."""
-        if self._fd is None:
-            return
-        fd, self._fd = self._fd, None
-        try:
-            os.ftruncate(fd, 0)
-        finally:
-            os.close(fd)
-
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
 
 # -- retention -------------------------------------------------------------------------------------
 
@@ -219,98 +172,6 @@ class Retention:
         if self.part_s is not None:
             return self.part_s
         return max(min(DEFAULT_PART_S, self.max_age_s / 24), self.max_age_s / MAX_PARTS)
-
-
-@dataclass(frozen=True)
-class Pages:
-    """The file's pages: how many, how many free, how large."""
-
-    count: int
-    free: int
-    size: int
-
-    @property
-    def used(self) -> int:
-        return self.count - self.free
-
-    @property
-    def used_bytes(self) -> int:
-        return self.used * self.size
-
-    @property
-    def free_bytes(self) -> int:
-        return self.free * self.size
-
-
-def pages(conn: sqlite3.Connection) -> Pages:
-    count, free, size = (int(conn.execute(f"PRAGMA {p}").fetchone()[0])
-                         for p in ("page_count", "freelist_count", "page_size"))
-    return Pages(count, free, size)
-
-
-# -- partitions ------------------------------------------------------------------------------------
-
-
-def part_name(part_id: int) -> str:
-    """The table of partition `part_id`: samples_000001, …"""
-    return f"samples_{part_id:06d}"
-
-
-@dataclass
-class Part:
-    """The partition rows go to: its id, when its first and last rows arrived, its rows and the
-    used pages of the file when it started (what it grew since is its size)."""
-
-    id: int
-    first_us: int
-    last_us: int
-    rows: int
-    start_pages: int
-
-    def size(self, p: Pages) -> int:
-        return max(0, p.used - self.start_pages) * p.size
-
-
-def part_ids(conn: sqlite3.Connection) -> list[int]:
-    return [int(r[0]) for r in conn.execute("SELECT id FROM log_parts ORDER BY id")]
-
-
-def make_view(conn: sqlite3.Connection) -> None:
-    """(Re)create the ``samples`` view over every partition, oldest first."""
-    ids = part_ids(conn)
-    body = " UNION ALL ".join(f"SELECT {_COLUMNS} FROM {part_name(i)}" for i in ids)
-    conn.execute("DROP VIEW IF EXISTS samples")
-    conn.execute(f"CREATE VIEW samples ({_COLUMNS}) AS {body or 'SELECT NULL, NULL, NULL, NULL, NULL WHERE 0'}")
-
-
-def migrate(conn: sqlite3.Connection, now: int) -> bool:
-    """A file from an older emsbms: its ``samples`` table becomes the oldest partition (its rows
-    kept, dated as arrived by `now`), its index and ``log_marks`` go. True if it did."""
-    found = conn.execute("SELECT type FROM sqlite_master WHERE name = 'samples'").fetchone()
-    if found is None or found[0] != "table":
-        return False
-    (first,) = conn.execute("SELECT coalesce(min(id), 1) FROM log_parts").fetchone()
-    part_id = int(first) - 1 if part_ids(conn) else 1
-    lo, hi = conn.execute("SELECT min(rowid), max(rowid) FROM samples").fetchone()
-    marked = conn.execute("SELECT min(at_us) FROM log_marks").fetchone() if _has_table(conn, "log_marks") else (None,)
-    conn.execute("DROP INDEX IF EXISTS samples_address_time")
-    conn.execute(f"ALTER TABLE samples RENAME TO {part_name(part_id)}")
-    conn.execute("INSERT INTO log_parts (id, first_us, last_us, rows) VALUES (?, ?, ?, ?)",
-                 [part_id, marked[0] if marked[0] is not None else now, now, 0 if lo is None else hi - lo + 1])
-    conn.execute("DROP TABLE IF EXISTS log_marks")
-    return True
-
-
-def _has_table(conn: sqlite3.Connection, name: str) -> bool:
-    return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", [name]).fetchone() is not None
-
-
-def _incremental(conn: sqlite3.Connection) -> bool:
-    return int(conn.execute("PRAGMA auto_vacuum").fetchone()[0]) == 2
-
-
-def _is_full(error: sqlite3.Error) -> bool:
-    return getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
 
 
 # -- the run log -----------------------------------------------------------------------------------
@@ -394,7 +255,7 @@ class RunLog:
                 if "lost" not in columns:  # a file from an older emsbms
                     conn.execute("ALTER TABLE runs ADD COLUMN lost INTEGER NOT NULL DEFAULT 0")
                 migrated = migrate(conn, now)
-                if migrated or not _has_view(conn, "samples"):
+                if migrated or not has_view(conn, "samples"):
                     make_view(conn)
                 # a run that did not stop (killed, power cut) refreshed its partition's last_us only
                 # at its last retention check: its rows may have arrived until now
@@ -514,7 +375,7 @@ class RunLog:
             try:
                 self._append(rows, now)
             except sqlite3.Error as e:
-                if not (_is_full(e) and self._make_room(rows, now)):
+                if not (is_full(e) and self._make_room(rows, now)):
                     self._failed(e, len(rows))
                     return
             self.written += len(rows)
@@ -541,7 +402,7 @@ class RunLog:
             part = old
             if new or part is None:
                 part = self._start_part(old, now)
-            self.conn.executemany(f"INSERT INTO {part_name(part.id)} ({_COLUMNS}) VALUES (?, ?, ?, ?, ?)", rows)
+            self.conn.executemany(f"INSERT INTO {part_name(part.id)} ({COLUMNS}) VALUES (?, ?, ?, ?, ?)", rows)
             return part
 
         part = self._in_transaction(work)
@@ -584,7 +445,7 @@ class RunLog:
         self.lost += n
         if not self._failing:
             self._failing = True
-            reason = "the disk is full" if _is_full(error) else f"database error: {error}"
+            reason = "the disk is full" if is_full(error) else f"database error: {error}"
             log.warning("run log %s: %s; samples are dropped and counted (runs.lost) until it can write again",
                         self.path, reason)
 
@@ -653,7 +514,7 @@ class RunLog:
             before, p = p, pages(self.conn)
             if p.used >= before.used:  # nothing left to give (the other tables take the room)
                 break
-        if _incremental(self.conn) and p.free_bytes > keep.max_bytes // 4:
+        if incremental(self.conn) and p.free_bytes > keep.max_bytes // 4:
             # executescript steps it to the end (execute frees one page per call)
             self.conn.executescript(f"PRAGMA incremental_vacuum({min(p.free, 2048)});")
         return deleted
@@ -726,6 +587,3 @@ class RunLog:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-
-def _has_view(conn: sqlite3.Connection, name: str) -> bool:
-    return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'view' AND name = ?", [name]).fetchone() is not None
