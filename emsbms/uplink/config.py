@@ -1,0 +1,247 @@
+"""Configuration from the cloud as desired state: validated whole, stored, applied hot, all or nothing.
+
+The transport hands `ConfigHandler.handle` the raw payload of the retained ``ems/{org}/{site}/config``
+and publishes what it returns on ``config/status``. A payload (see docs/uplink.md)::
+
+    {"version": "7",
+     "site": {"bus": [...], "device": [...]},           # site-file tables ([site] is the edge's own)
+     "profiles": [{"document": {...}, "source": "VERSION \\"\\" ..."}]}   # profile JSON + DBC/EDS text
+
+Order: the payload is parsed; a version already applied answers ``applied`` again and changes
+nothing; the profiles are validated, the site is validated with the site file's own checks
+(`parse_site`, `build_adapters`: keys, types, interfaces, ID collisions, J1939 NAMEs); the change
+must be one the edge can make hot (the same buses, the same devices, other profile versions);
+then one database transaction stores the profiles, the site (pinned ``NAME@VERSION``) and the
+applied version while the devices are switched with `Edge.activate_profile`. Any failure switches
+back the devices already switched and rolls the transaction back: the running configuration and
+the database stay as they were.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from emsbms.db import EdgeDb, split_ref, version_key
+from emsbms.db.profiles import content_hash, document_of
+from emsbms.edge.edge import Edge
+from emsbms.errors import ConfigError, EmsbmsError
+from emsbms.profile.loader import parse_profile
+from emsbms.profile.models import Profile
+from emsbms.site import Site, build_adapters, parse_site
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS uplink_config (
+    key TEXT PRIMARY KEY CHECK (key = 'applied'),
+    version TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    applied_us INTEGER NOT NULL
+)
+"""
+
+
+class ConfigStatus(StrEnum):
+    APPLIED = "applied"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Status:
+    """The body of one `config/status` message."""
+
+    version: str | None
+    status: ConfigStatus
+    detail: str
+    switched: tuple[str, ...] = ()
+
+    def to_json(self) -> bytes:
+        body = {"version": self.version, "status": self.status.value, "detail": self.detail,
+                "switched": list(self.switched)}
+        return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+@dataclass(frozen=True)
+class Desired:
+    """A parsed, validated desired configuration."""
+
+    version: str
+    hash: str
+    site: Site
+    profiles: dict[str, Profile]  # by device name
+
+
+def payload_hash(data: dict[str, Any]) -> str:
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def parse_payload(payload: bytes) -> tuple[str, dict[str, Any]]:
+    """(version, document) of a config payload; ConfigError naming the key, expected and found."""
+    try:
+        data = json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ConfigError(f"config: expected a JSON object, found text that is not JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config: expected a JSON object, found {type(data).__name__}")
+    version = data.get("version")
+    if not isinstance(version, str) or not version:
+        raise ConfigError(f"config: key 'version': expected a non-empty string, found {version!r}")
+    unknown = sorted(set(data) - {"version", "site", "profiles"})
+    if unknown:
+        raise ConfigError(f"config {version}: unknown key {unknown[0]!r}; known: version, site, profiles")
+    if not isinstance(data.get("site"), dict):
+        raise ConfigError(f"config {version}: key 'site': expected an object of site-file tables"
+                          f" (bus, device), found {type(data.get('site')).__name__}")
+    if not isinstance(data.get("profiles", []), list):
+        raise ConfigError(f"config {version}: key 'profiles': expected a list,"
+                          f" found {type(data.get('profiles')).__name__}")
+    return version, data
+
+
+def parse_profiles(version: str, items: list[Any]) -> list[Profile]:
+    """Every profile of the payload, validated (the DBC/EDS text from its ``source``)."""
+    out = []
+    for i, item in enumerate(items):
+        where = f"config {version}: profiles[{i}]"
+        if not isinstance(item, dict) or not isinstance(item.get("document"), dict):
+            raise ConfigError(f"{where}: expected an object with key 'document' (the profile JSON), found {item!r:.60}")
+        source = item.get("source")
+        if source is not None and not isinstance(source, str):
+            raise ConfigError(f"{where}: key 'source': expected the DBC/EDS text, found {type(source).__name__}")
+        try:
+            out.append(parse_profile(item["document"], None, source_text=source))
+        except EmsbmsError as e:
+            raise ConfigError(f"{where}: {e}") from e
+    return out
+
+
+def desired(payload: bytes, running: Site, db: EdgeDb) -> Desired:
+    """Parse and validate the whole desired configuration (nothing is applied or stored)."""
+    version, data = parse_payload(payload)
+    given = parse_profiles(version, list(data.get("profiles", [])))
+    label = f"config {version}"
+    tables = dict(data["site"])
+    site_table = tables.get("site", {})
+    if site_table and site_table != {"org": running.org, "name": running.name}:
+        raise ConfigError(f"{label}: [site]: expected org {running.org!r} and name {running.name!r} (this edge),"
+                          f" found {site_table!r}")
+    tables["site"] = {"org": running.org, "name": running.name}
+    site = parse_site(tables, label)
+    profiles: dict[str, Profile] = {}
+    for i, d in enumerate(site.devices):
+        name, wanted = split_ref(d.profile)
+        matches = [p for p in given
+                   if p.name == name and (wanted is None or version_key(p.version) == version_key(wanted))]
+        try:
+            if matches:
+                profiles[d.name] = max(matches, key=lambda p: version_key(p.version))
+            else:
+                profiles[d.name] = db.profiles.resolve(d.profile)
+        except EmsbmsError as e:
+            raise ConfigError(f"{label}: [[device]] #{i + 1} {d.name!r}: key 'profile': {e}") from e
+    build_adapters(site, profiles)  # the site's own checks: IDs, widths, collisions, J1939
+    return Desired(version, payload_hash(data), site, profiles)
+
+
+def hot_problem(running: Site, want: Site) -> str | None:
+    """Why `want` cannot be applied in place to `running` (None: only profile versions differ)."""
+    old_buses = {b.name: b for b in running.buses}
+    new_buses = {b.name: b for b in want.buses}
+    for name in sorted(set(old_buses) | set(new_buses)):
+        if old_buses.get(name) != new_buses.get(name):
+            how = "added" if name not in old_buses else "removed" if name not in new_buses else "changed"
+            return f"bus {name!r} is {how}: changing a bus needs a restart of the edge"
+    old_devices = {d.name: d for d in running.devices}
+    new_devices = {d.name: d for d in want.devices}
+    for name in sorted(set(old_devices) | set(new_devices)):
+        old, new = old_devices.get(name), new_devices.get(name)
+        if old is None or new is None:
+            how = "added" if old is None else "removed"
+            return f"device {name!r} is {how}: adding or removing a device needs a restart of the edge"
+        if replace(old, profile="") != replace(new, profile=""):
+            return f"device {name!r}: settings other than its profile changed: that needs a restart of the edge"
+    return None
+
+
+def _identity(p: Profile) -> str:
+    return content_hash(document_of(p), p.source_text)
+
+
+class ConfigHandler:
+    """``handle(payload, now_us) -> bytes``: the `config/status` to publish for one `config` message."""
+
+    def __init__(self, edge: Edge, db_path: str | Path) -> None:
+        self.edge = edge
+        self.db_path = Path(db_path)
+        self.activations = 0  # devices switched by this handler (a repeated version adds none)
+        with EdgeDb(self.db_path) as db:
+            db.db.execute(_SCHEMA)
+
+    def applied(self) -> tuple[str, str] | None:
+        """(version, hash) of the configuration applied last, or None."""
+        with EdgeDb(self.db_path) as db:
+            row = db.db.execute("SELECT version, hash FROM uplink_config WHERE key = 'applied'").fetchone()
+        return None if row is None else (str(row[0]), str(row[1]))
+
+    def handle(self, payload: bytes, now_us: int) -> bytes:
+        try:
+            return self._handle(payload, now_us).to_json()
+        except EmsbmsError as e:
+            version = _version_of(payload)
+            return Status(version, ConfigStatus.FAILED, f"{e}; the running configuration stays").to_json()
+
+    def _handle(self, payload: bytes, now_us: int) -> Status:
+        version, data = parse_payload(payload)
+        applied = self.applied()
+        if applied is not None and applied[0] == version:
+            if applied[1] != payload_hash(data):
+                raise ConfigError(f"config {version}: version {version} is applied already with other content;"
+                                  " a changed configuration needs a new version")
+            return Status(version, ConfigStatus.APPLIED, f"version {version} is applied already; nothing changed")
+        with EdgeDb(self.db_path) as db:
+            want = desired(payload, self.edge.site, db)
+            problem = hot_problem(self.edge.site, want.site)
+            if problem is not None:
+                raise ConfigError(f"config {version}: {problem}")
+            switch = sorted(n for n, p in want.profiles.items() if _identity(p) != _identity(self.edge.profiles[n]))
+            return self._apply(db, want, switch, now_us)
+
+    def _apply(self, db: EdgeDb, want: Desired, switch: list[str], now_us: int) -> Status:
+        before = {n: self.edge.profiles[n] for n in switch}
+        done: list[str] = []
+        pinned = [replace(d, profile=f"{want.profiles[d.name].name}@{want.profiles[d.name].version}")
+                  for d in want.site.devices]
+        stored = Site(org=want.site.org, name=want.site.name, buses=want.site.buses, devices=pinned,
+                      extra=want.site.extra, source=want.site.source)
+        try:
+            with db.transaction():
+                unique = {id(p): p for p in want.profiles.values()}.values()
+                db.profiles.add([(f"config {want.version}", p) for p in unique])
+                db.site.replace(stored)
+                db.db.execute("INSERT OR REPLACE INTO uplink_config (key, version, hash, applied_us)"
+                              " VALUES ('applied', ?, ?, ?)", [want.version, want.hash, now_us])
+                for name in switch:
+                    self.edge.activate_profile(want.profiles[name], [name])
+                    done.append(name)
+        except BaseException:
+            for name in reversed(done):
+                self.edge.activate_profile(before[name], [name])
+            raise
+        self.activations += len(done)
+        detail = (f"version {want.version} applied: " + ", ".join(
+            f"{n} -> {want.profiles[n].name} {want.profiles[n].version}" for n in done)) if done else (
+            f"version {want.version} applied: every device runs its profile already")
+        return Status(want.version, ConfigStatus.APPLIED, detail, tuple(done))
+
+
+def _version_of(payload: bytes) -> str | None:
+    try:
+        data = json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    version = data.get("version") if isinstance(data, dict) else None
+    return version if isinstance(version, str) else None
