@@ -26,8 +26,9 @@ ALLOWED: dict[str, set[str]] = {
     "db": {"can", "profile", "protocols", "site"},
     "edge": {"can", "profile", "protocols", "site", "db"},
     "commissioning": {"can", "profile", "protocols", "site", "db", "edge"},
-    "tools": {"can", "profile", "protocols", "site", "db", "edge", "commissioning", "tools", "api"},
-    "api": {"can", "profile", "protocols", "site", "db", "edge", "commissioning", "tools"},
+    "uplink": {"can", "profile", "protocols", "site", "db", "edge"},
+    "tools": {"can", "profile", "protocols", "site", "db", "edge", "commissioning", "uplink", "tools", "api"},
+    "api": {"can", "profile", "protocols", "site", "db", "edge", "commissioning", "uplink", "tools"},
 }
 
 
