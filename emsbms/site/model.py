@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from emsbms.can.config import BusConfig
 from emsbms.errors import ConfigError
@@ -24,6 +25,18 @@ from emsbms.site.interfaces import CORE_KEYS, InterfaceError, interface_options,
 
 MAX_ID = 0x1FFFFFFF
 """The largest 29-bit CAN ID; an id_offset beyond it cannot fit any frame."""
+
+
+@dataclass(frozen=True)
+class UplinkConfig:
+    """The `[uplink]` table: the broker's URL and this edge's credentials."""
+
+    url: str
+    username: str = ""
+    password: str | None = None  # from `password`, or read from `password_file`
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
 
 
 @dataclass(frozen=True)
@@ -37,6 +50,7 @@ class Site:
     path: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # protocol-wide tables, e.g. [j1939]
     source: str = ""  # how errors name where the site came from (a file, the database)
+    uplink: UplinkConfig | None = None  # the [uplink] table: the MQTT broker this edge reports to
 
     @property
     def label(self) -> str:
@@ -54,7 +68,11 @@ _DEVICE_KEYS: dict[str, type | tuple[type, ...]] = {
     "name": str, "bus": str, "profile": str, "id_offset": int, "node_id": int,
     "source_address": int, "j1939_name": int, "nmt_master": bool, "options": dict,
 }
-_TABLES = ("site", "bus", "device", "j1939", "canopen")
+_UPLINK_KEYS: dict[str, type | tuple[type, ...]] = {
+    "url": str, "username": str, "password": str, "password_file": str, "ca_file": str, "cert_file": str,
+    "key_file": str,
+}
+_TABLES = ("site", "bus", "device", "j1939", "canopen", "uplink")
 PROTOCOL_TABLES = ("j1939", "canopen")
 """Site-wide protocol tables; their keys are the protocol's device options."""
 
@@ -228,6 +246,7 @@ def parse_site(data: dict[str, Any], source: str = "<site>", path: Path | None =
         if device.name in bus_names or any(x.name == device.name for x in devices):
             raise ConfigError(f"{where}: key 'name': duplicate name {device.name!r}")
         devices.append(device)
+    uplink = parse_uplink(source, _table(source, data, "uplink"), path) if "uplink" in data else None
     return Site(
         org=str(site.get("org", "")),
         name=str(site.get("name", path.stem if path else "site")),
@@ -236,7 +255,44 @@ def parse_site(data: dict[str, Any], source: str = "<site>", path: Path | None =
         path=path,
         extra=extra,
         source=source,
+        uplink=uplink,
     )
+
+
+def parse_uplink(source: str, table: dict[str, Any], path: Path | None) -> UplinkConfig:
+    """The `[uplink]` table; files (password_file, ca_file, cert_file, key_file) are relative to the site file."""
+    where = f"{source}: [uplink]"
+    for key, value in table.items():
+        if key not in _UPLINK_KEYS:
+            raise unknown_key(where, key, _UPLINK_KEYS)
+        _check_type(where, key, value, _UPLINK_KEYS[key])
+    url = _need(where, table, "url", str)
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+        raise ConfigError(f"{where}: key 'url': expected mqtt://host[:port] or mqtts://host[:port], found {url!r}")
+    if "password" in table and "password_file" in table:
+        raise ConfigError(f"{where}: keys 'password' and 'password_file': expected one of them, found both")
+    base = path.parent if path is not None else Path()
+
+    def file(key: str) -> str | None:
+        if key not in table:
+            return None
+        p = base / table[key]
+        if not p.is_file():
+            raise ConfigError(f"{where}: key {key!r}: expected a readable file, found no file at {p}")
+        return str(p)
+
+    password = table.get("password")
+    secret = file("password_file")
+    if secret is not None:
+        try:
+            password = Path(secret).read_text(encoding="utf-8").strip()
+        except OSError as e:
+            raise ConfigError(f"{where}: key 'password_file': cannot read {secret}: {e.strerror or e}") from e
+    if parts.scheme == "mqtt" and any(k in table for k in ("ca_file", "cert_file", "key_file")):
+        raise ConfigError(f"{where}: key 'url': expected mqtts:// with ca_file, cert_file or key_file, found {url!r}")
+    return UplinkConfig(url=url, username=str(table.get("username", "")), password=password,
+                        ca_file=file("ca_file"), cert_file=file("cert_file"), key_file=file("key_file"))
 
 
 def load_site(path: str | Path) -> Site:

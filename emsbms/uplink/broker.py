@@ -1,0 +1,134 @@
+"""A real Mosquitto broker in a folder of its own, for tests and benchmarks.
+
+`Broker` writes a config, a password file (`mosquitto_passwd -b`) and an ACL file into its folder,
+binds 127.0.0.1 on a free port with `set_tcp_nodelay true`, and starts, stops (SIGTERM, saving its
+persistence file) or kills (SIGKILL) the `mosquitto` process. Each user gets `topic readwrite` lines
+for its own topic filters only, so the broker refuses every other topic.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from emsbms.errors import EmsbmsError
+
+
+class BrokerError(EmsbmsError):
+    """Mosquitto is missing, or did not start."""
+
+
+@dataclass(frozen=True)
+class BrokerUser:
+    """One login: its password and the topic filters it may read and write."""
+
+    name: str
+    password: str
+    topics: tuple[str, ...]
+
+
+def mosquitto_path() -> str | None:
+    """The `mosquitto` executable (Debian puts it in /usr/sbin), or None."""
+    return shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Broker:
+    """A Mosquitto on 127.0.0.1:`port`, with password authentication and per-user ACLs."""
+
+    folder: Path
+    users: list[BrokerUser]
+    port: int = field(default_factory=free_port)
+    persistence: bool = True
+    process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def write_files(self) -> Path:
+        exe = mosquitto_path()
+        passwd = shutil.which("mosquitto_passwd")
+        if exe is None or passwd is None:
+            raise BrokerError("mosquitto and mosquitto_passwd are not installed (Debian packages mosquitto and"
+                              " mosquitto-clients)")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        passwords = self.folder / "passwords"
+        passwords.write_text("", encoding="utf-8")
+        for user in self.users:
+            subprocess.run([passwd, "-b", str(passwords), user.name, user.password], check=True,
+                           capture_output=True)
+        acl = self.folder / "acl"
+        acl.write_text("".join(
+            f"user {u.name}\n" + "".join(f"topic readwrite {t}\n" for t in u.topics) + "\n" for u in self.users
+        ), encoding="utf-8")
+        config = self.folder / "mosquitto.conf"
+        lines = [
+            "user root" if os.geteuid() == 0 else "",  # root would drop to `mosquitto`, who cannot read these files
+            f"listener {self.port} 127.0.0.1",
+            "set_tcp_nodelay true",
+            "allow_anonymous false",
+            f"password_file {passwords}",
+            f"acl_file {acl}",
+            f"persistence {'true' if self.persistence else 'false'}",
+            f"persistence_location {self.folder}/",
+            "log_dest stderr",
+            "log_type error",
+            "log_type warning",
+        ]
+        config.write_text("\n".join(line for line in lines if line) + "\n", encoding="utf-8")
+        return config
+
+    def start(self, timeout: float = 20.0) -> None:
+        """Start the broker (writing its files the first time) and wait until it accepts connections."""
+        config = self.folder / "mosquitto.conf"
+        if not config.exists():
+            config = self.write_files()
+        exe = mosquitto_path()
+        assert exe is not None
+        log = (self.folder / "mosquitto.log").open("ab")
+        self.process = subprocess.Popen([exe, "-c", str(config)], stdout=log, stderr=log)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                text = (self.folder / "mosquitto.log").read_text(encoding="utf-8", errors="replace")
+                raise BrokerError(f"mosquitto exited with {self.process.returncode}: {text[-2000:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise BrokerError(f"mosquitto did not accept connections on 127.0.0.1:{self.port} within {timeout:g} s")
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
+        """Stop the broker with `sig` (SIGTERM: a clean stop; SIGKILL: a crash) and wait for it."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def __enter__(self) -> Broker:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
