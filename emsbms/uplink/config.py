@@ -89,7 +89,8 @@ def parse_payload(payload: bytes) -> tuple[str, dict[str, Any]]:
         raise ConfigError(f"config: expected a JSON object, found {type(data).__name__}")
     version = data.get("version")
     if not isinstance(version, str) or not version:
-        raise ConfigError(f"config: key 'version': expected a non-empty string, found {version!r}")
+        found = "nothing" if "version" not in data else repr(version)
+        raise ConfigError(f"config: key 'version': expected a non-empty string, found {found}")
     unknown = sorted(set(data) - {"version", "site", "profiles"})
     if unknown:
         raise ConfigError(f"config {version}: unknown key {unknown[0]!r}; known: version, site, profiles")
