@@ -210,3 +210,11 @@ def test_events_payload() -> None:
 def test_json_never_holds_nan() -> None:
     assert json_bytes({"a": [float("inf"), float("-inf"), float("nan"), 1.5], "b": (Quality.OK,)}) == (
         b'{"a":[null,null,null,1.5],"b":["ok"]}')
+
+
+def test_the_refresh_period_counts_from_the_first_flush_without_a_start() -> None:
+    b = TelemetryBatcher(TOPICS, session=1, refresh_s=10.0)
+    b.update("bms_0/Soc", ok(80, 1, "%"))
+    assert [json.loads(m.payload)["refresh"] for m in b.flush(1000 * S)] == [False]  # no refresh at once
+    assert b.flush(1010 * S - 1) == []
+    assert [samples(m) for m in b.flush(1010 * S)] == [[("bms_0/Soc", 80, 1, "ok")]]

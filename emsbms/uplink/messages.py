@@ -273,8 +273,9 @@ class TelemetryBatcher:
       With `min_interval_s`, a channel sends at most one update per interval (measured on the
       samples' own timestamps); a held update goes out at the first `flush` after its interval,
       as the latest value; one that went back within the deadband is forgotten.
-    - Every `refresh_s` (and after `refresh()`), `flush` sends every channel's latest reading,
-      marked ``"refresh": true``.
+    - Every `refresh_s` (counted from `start_us`, or from the first `flush`), and at the next
+      `flush` after `refresh()`, `flush` sends every channel's latest reading, marked
+      ``"refresh": true``, and the period counts again from there.
     - Addresses of the buses and the uplink (`health_prefixes`, e.g. ``can0/...``, ``uplink/...``)
       and the devices' supervision channels (`SUPERVISION`) go to `health`, the rest to
       `telemetry`. Each stream has its own sequence counter.
@@ -285,7 +286,7 @@ class TelemetryBatcher:
     def __init__(self, topics: Topics, session: int, health_prefixes: Iterable[str] = (UPLINK_PREFIX,),
                  deadband: float = 0.0, deadbands: Mapping[str, float] | None = None,
                  refresh_s: float = DEFAULT_REFRESH_S, min_interval_s: float | None = None,
-                 max_samples: int = DEFAULT_MAX_SAMPLES, start_us: int = 0,
+                 max_samples: int = DEFAULT_MAX_SAMPLES, start_us: int | None = None,
                  telemetry_seq: int = 0, health_seq: int = 0) -> None:
         if max_samples < 1:
             raise ConfigError(f"uplink: max_samples expected at least 1, found {max_samples}")
@@ -303,7 +304,7 @@ class TelemetryBatcher:
         self._sent: dict[str, Reading] = {}
         self._queue: list[tuple[str, Reading]] = []
         self._held: dict[str, Reading] = {}
-        self._next_refresh = start_us + self.refresh_us
+        self._next_refresh = None if start_us is None else start_us + self.refresh_us
         self._refresh_now = False
 
     def is_health(self, address: str) -> bool:
@@ -342,6 +343,8 @@ class TelemetryBatcher:
                         del self._held[address]
                         self._sent[address] = reading
                         queue.append((address, reading))
+            if self._next_refresh is None:  # the period counts from the first flush
+                self._next_refresh = now_us + self.refresh_us
             refresh = self._refresh_now or now_us >= self._next_refresh
             full: list[tuple[str, Reading]] = []
             if refresh:
