@@ -53,11 +53,11 @@ class Rig:
 
 
 @contextmanager
-def rig(tmp_path: Path) -> Iterator[Rig]:
+def rig(tmp_path: Path, *others: dict[str, Any]) -> Iterator[Rig]:
     v1 = profile_copy(tmp_path, version="1.0.0")
     v2 = profile_copy(tmp_path, version="1.1.0", edit=pylon_v2)
     db = tmp_path / "edge.db"
-    site = virtual_site(["can0"], [{"name": "bms_0", "bus": "can0", "profile": "pylon-lv@1.0.0"}])
+    site = virtual_site(["can0"], [{"name": "bms_0", "bus": "can0", "profile": "pylon-lv@1.0.0"}, *others])
     with EdgeDb(db) as store:
         store.profiles.import_paths([v1])
         store.site.replace(site)
@@ -199,3 +199,21 @@ def test_a_version_applied_with_other_content_is_refused(tmp_path: Path) -> None
     assert "version 7 is applied already with other content; a changed configuration needs a new version" in back[
         "detail"]
     assert version == "1.1.0" and handler.activations == 1
+
+
+def test_an_activation_that_fails_midway_switches_back_what_it_switched_and_stores_nothing(tmp_path: Path) -> None:
+    # bms_0 switches first (1.0.0 -> 1.1.0); hv_0 cannot move from dbc to j1939 in place: bms_0 goes back
+    with rig(tmp_path, {"name": "hv_0", "bus": "can0", "profile": "acme-hv", "source_address": 0x80}) as r:
+        handler = ConfigHandler(r.edge, r.db)
+        devices = [{**r.tables["device"][0], "profile": "pylon-lv@1.1.0"},
+                   {**r.tables["device"][1], "profile": "j1939-hvess"}]
+        out = status(handler.handle(r.payload("2", devices), now()))
+        versions = {n: p.version for n, p in r.edge.profiles.items()}
+        after = now()
+        reading = r.edge.read("bms_0/Soc", timeout=5.0, after_us=after)  # from a frame decoded after the refusal
+    assert out["status"] == "failed" and out["switched"] == []
+    assert out["detail"].startswith("config 2: device hv_0: cannot switch from protocol dbc to j1939")
+    assert versions == {"bms_0": "1.0.0", "hv_0": "1.0.0"}
+    assert reading.value == 80  # decoded under 1.0.0 again (1.1.0 would give 40)
+    assert handler.activations == 0 and handler.applied() is None
+    assert stored_ref(r.db) == "pylon-lv@1.0.0"

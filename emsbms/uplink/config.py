@@ -226,7 +226,10 @@ class ConfigHandler:
                 db.db.execute("INSERT OR REPLACE INTO uplink_config (key, version, hash, applied_us)"
                               " VALUES ('applied', ?, ?, ?)", [want.version, want.hash, now_us])
                 for name in switch:
-                    self.edge.activate_profile(want.profiles[name], [name])
+                    try:
+                        self.edge.activate_profile(want.profiles[name], [name])
+                    except EmsbmsError as e:
+                        raise ConfigError(f"config {want.version}: {e}") from e
                     done.append(name)
         except BaseException:
             for name in reversed(done):
