@@ -185,3 +185,17 @@ def test_done_ledger_rows_are_kept_for_the_retention_after_their_deadline_then_d
     assert kept == ("done", '{"status":"sent"}', True)
     assert ledger.claim(parse_command(cmd("old-0", 1, deadline_us=t0)), later) is None  # forgotten: claimed anew
     ledger.close()
+
+
+def test_an_acknowledged_command_reports_acked_with_the_time_the_edge_took(tmp_path: Path) -> None:
+    site = virtual_site(["can0"], [{"name": "hv", "bus": "can0", "profile": "acme-hv"}])
+    with Simulation(site) as sim, Edge(site) as edge:
+        assert edge.wait_until(lambda s: s.value("hv/CommState") == CommState.OK, 10.0)  # commands need OK
+        handler = CommandHandler(edge, tmp_path / "edge.db")
+        body = result(handler.handle(cmd("b-1", 1, address="hv/EnableBalancing"), now()))
+        handler.close()
+        balancing = sim.simulators["hv"].model.balancing
+    assert body["status"] == "acked" and body["id"] == "b-1", body
+    assert "BalancingRequestEcho" in body["detail"]
+    assert body["took_us"] > 0
+    assert balancing is True
