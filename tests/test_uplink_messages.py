@@ -218,3 +218,32 @@ def test_the_refresh_period_counts_from_the_first_flush_without_a_start() -> Non
     assert [json.loads(m.payload)["refresh"] for m in b.flush(1000 * S)] == [False]  # no refresh at once
     assert b.flush(1010 * S - 1) == []
     assert [samples(m) for m in b.flush(1010 * S)] == [[("bms_0/Soc", 80, 1, "ok")]]
+
+
+def doc_schemas() -> dict[str, dict[str, object]]:
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "uplink.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```json\n(.*?)```", text, re.S)
+    schemas = [json.loads(b) for b in blocks if '"$schema"' in b]
+    return {s["title"]: s for s in schemas}
+
+
+def test_docs_schemas_name_every_key_of_the_payloads() -> None:
+    schemas = doc_schemas()
+    b = TelemetryBatcher(TOPICS, session=1)
+    b.update("bms_0/Soc", ok(1, 0, "%"))
+    [telemetry] = b.flush(1)
+    birth = json.loads(birth_payload([ChannelInfo("bms_0/Soc", "%")],
+                                     [DeviceInfo("bms_0", "can0", "dbc", "p", "1.0.0", "h")], "0.1.0", 0, 1, 2))
+    events = json.loads(events_payload([Event(5, "bms_0", EventKind.COMM, Severity.OK, "ok")], 1, 0, 10))
+    for title, doc in [("state", json.loads(state_payload(True, 0, 1))), ("birth", birth),
+                       ("telemetry / health", json.loads(telemetry.payload)), ("events", events)]:
+        schema = schemas[title]
+        assert list(doc) == schema["required"], title
+        assert set(doc) == set(schema["properties"]), title  # type: ignore[call-overload]
+    items = schemas["telemetry / health"]["properties"]["samples"]["items"]  # type: ignore[index]
+    assert list(json.loads(telemetry.payload)["samples"][0]) == items["required"]
+    assert list(birth["channels"][0]) == schemas["birth"]["properties"]["channels"]["items"]["required"]  # type: ignore[index]
+    assert list(events["events"][0]) == schemas["events"]["properties"]["events"]["items"]["required"]  # type: ignore[index]
