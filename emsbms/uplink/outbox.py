@@ -140,11 +140,13 @@ class Outbox:
             return 0, 0
         victims: list[int] = []
         freed = 0
-        for row_id, size in self._db.execute("SELECT id, size FROM outbox WHERE id < ? ORDER BY id", (keep_from,)):
+        cur = self._db.execute("SELECT id, size FROM outbox WHERE id < ? ORDER BY id", (keep_from,))
+        for row_id, size in cur:
             if total - freed <= self.quota_bytes:
                 break
             victims.append(row_id)
             freed += size
+        cur.close()
         self._delete(victims)
         self._db.execute("UPDATE counters SET value = value + ? WHERE name = 'dropped'", (len(victims),))
         self._inflight.difference_update(victims)
@@ -182,7 +184,9 @@ class Outbox:
                     bi += 1
             newly = [r.id for r in out if r.created_us < cutoff and not r.historical]
             if newly:
+                self._db.execute("BEGIN")
                 self._db.executemany("UPDATE outbox SET historical = 1 WHERE id = ?", [(i,) for i in newly])
+                self._db.execute("COMMIT")
             self._inflight.update(r.id for r in out)
         return [r._replace(historical=True, payload=as_historical(r.payload)) if r.created_us < cutoff or r.historical
                 else r for r in out]
@@ -190,12 +194,14 @@ class Outbox:
     def _select(self, where: str, args: tuple[int], limit: int, skip: set[int]) -> list[Row]:
         out: list[Row] = []
         sql = f"SELECT id, topic, payload, kind, created_us, historical FROM outbox {where}"
-        for row in self._db.execute(sql, args):
+        cur = self._db.execute(sql, args)
+        for row in cur:
             if row[0] in skip:
                 continue
             out.append(Row(row[0], row[1], bytes(row[2]), row[3], row[4], bool(row[5])))
             if len(out) >= limit:
                 break
+        cur.close()
         return out
 
     def done(self, ids: Iterable[int]) -> int:
