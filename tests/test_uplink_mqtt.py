@@ -7,12 +7,14 @@ the tests skip, unless EMSBMS_REQUIRE_MOSQUITTO=1 (CI), where they fail.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import textwrap
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,9 +23,13 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from emsbms.edge.registry import Registry
 from emsbms.site.model import UplinkConfig
+from emsbms.types import ChannelInfo, Sample
 from emsbms.uplink.broker import Broker, BrokerUser, mosquitto_path
-from emsbms.uplink.client import Uplink, UplinkState
+from emsbms.uplink.client import Feed, Uplink, UplinkState
+from emsbms.uplink.messages import TelemetryBatcher, Topics
+from emsbms.uplink.outbox import Outbox
 from tests.conftest import wait
 
 pytestmark = pytest.mark.slow
@@ -31,6 +37,7 @@ pytestmark = pytest.mark.slow
 EDGE = BrokerUser("acme.plant-1", "edge-secret-1", ("ems/acme/plant-1/#",))
 OTHER = BrokerUser("acme.plant-2", "edge-secret-2", ("ems/acme/plant-2/#",))
 CLOUD = BrokerUser("cloud", "cloud-secret", ("ems/#",))
+PLANT_1 = Topics("acme", "plant-1")
 
 
 def require_mosquitto() -> None:
@@ -85,6 +92,10 @@ class Watcher:
         with self.lock:
             self.messages.append((message.topic, bytes(message.payload), bool(message.retain)))
 
+    def states(self, topic: str) -> list[str]:
+        """The `state` field of each JSON state payload received on `topic`."""
+        return [json.loads(p)["state"] for p in self.payloads(topic)]
+
     def payloads(self, topic: str) -> list[bytes]:
         with self.lock:
             return [p for t, p, _ in self.messages if t == topic]
@@ -101,27 +112,32 @@ def edge_config(broker: Broker, user: BrokerUser = EDGE) -> UplinkConfig:
 def test_state_online_then_offline_on_clean_stop(broker: Broker) -> None:
     watcher = Watcher(broker, CLOUD, ["ems/acme/plant-1/state"])
     try:
-        uplink = Uplink(edge_config(broker), "acme", "plant-1")
+        uplink = Uplink(edge_config(broker), PLANT_1)
         uplink.start()
         assert uplink.wait_state(UplinkState.ONLINE, 20), uplink.state
-        assert wait(lambda: watcher.payloads("ems/acme/plant-1/state") == [b"online"])
+        assert wait(lambda: watcher.states("ems/acme/plant-1/state") == ["online"])
         uplink.stop()
-        assert wait(lambda: watcher.payloads("ems/acme/plant-1/state") == [b"online", b"offline"])
+        assert wait(lambda: watcher.states("ems/acme/plant-1/state") == ["online", "offline"])
         assert uplink.state is UplinkState.STOPPED
     finally:
         watcher.close()
     late = Watcher(broker, CLOUD, ["ems/acme/plant-1/state"])  # retained: a late subscriber sees offline
     try:
-        assert wait(lambda: late.messages == [("ems/acme/plant-1/state", b"offline", True)])
+        assert wait(lambda: late.states("ems/acme/plant-1/state") == ["offline"] and late.messages[0][2])
     finally:
         late.close()
 
 
 EDGE_SCRIPT = """
 import sys, time
+from emsbms.edge.registry import Registry
 from emsbms.site.model import UplinkConfig
-from emsbms.uplink.client import Uplink, UplinkState
-uplink = Uplink(UplinkConfig(url=sys.argv[1], username=sys.argv[2], password=sys.argv[3]), "acme", "plant-1")
+from emsbms.types import ChannelInfo, Sample
+from emsbms.uplink.client import Feed, Uplink, UplinkState
+from emsbms.uplink.messages import TelemetryBatcher, Topics
+from emsbms.uplink.outbox import Outbox
+from emsbms.uplink.messages import Topics
+uplink = Uplink(UplinkConfig(url=sys.argv[1], username=sys.argv[2], password=sys.argv[3]), Topics("acme", "plant-1"))
 uplink.start()
 assert uplink.wait_state(UplinkState.ONLINE, 30)
 print("online", flush=True)
@@ -136,11 +152,11 @@ def test_will_gives_offline_when_the_edge_is_killed(broker: Broker) -> None:
     try:
         assert edge.stdout is not None
         assert edge.stdout.readline().strip() == "online", edge.stderr.read() if edge.stderr else ""
-        assert wait(lambda: watcher.payloads("ems/acme/plant-1/state") == [b"online"])
+        assert wait(lambda: watcher.states("ems/acme/plant-1/state") == ["online"])
         edge.send_signal(signal.SIGKILL)
         edge.wait(10)
         # the broker notices the closed socket and publishes the will, retained
-        assert wait(lambda: watcher.payloads("ems/acme/plant-1/state") == [b"online", b"offline"], 30)
+        assert wait(lambda: watcher.states("ems/acme/plant-1/state") == ["online", "offline"], 30)
     finally:
         if edge.poll() is None:
             edge.kill()
@@ -148,7 +164,7 @@ def test_will_gives_offline_when_the_edge_is_killed(broker: Broker) -> None:
         watcher.close()
     late = Watcher(broker, CLOUD, ["ems/acme/plant-1/state"])
     try:
-        assert wait(lambda: late.messages == [("ems/acme/plant-1/state", b"offline", True)])
+        assert wait(lambda: late.states("ems/acme/plant-1/state") == ["offline"] and late.messages[0][2])
     finally:
         late.close()
 
@@ -193,9 +209,98 @@ def test_an_edge_cannot_use_another_sites_topics(broker: Broker) -> None:
 
 
 def test_a_wrong_password_is_refused(broker: Broker) -> None:
-    uplink = Uplink(UplinkConfig(url=broker.url, username=EDGE.name, password="wrong"), "acme", "plant-1")
+    uplink = Uplink(UplinkConfig(url=broker.url, username=EDGE.name, password="wrong"), PLANT_1)
     uplink.start()
     try:
         assert uplink.wait_state(UplinkState.OFFLINE, 20), uplink.state
     finally:
         uplink.stop()
+
+
+CHANNELS = [f"dev/Seq{i}" for i in range(4)]
+
+
+class Feeder:
+    """Applies samples to a registry from a thread: each channel's values are its sequence numbers 0, 1, 2 ..."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        registry.declare(ChannelInfo(a) for a in CHANNELS)
+        self.count = 0  # samples per channel applied so far
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self) -> None:
+        while not self.stop.wait(0.01):
+            now = time.time_ns() // 1000
+            self.registry.apply([Sample(a, self.count, now) for a in CHANNELS])
+            self.count += 1
+
+    def close(self) -> int:
+        self.stop.set()
+        self.thread.join()
+        return self.count
+
+
+def received(watcher: Watcher, topic: str) -> dict[str, list[int]]:
+    """Every sample value per channel in the telemetry payloads received (duplicates kept, refreshes left out)."""
+    out: dict[str, list[int]] = {a: [] for a in CHANNELS}
+    for payload in watcher.payloads(topic):
+        doc = json.loads(payload)
+        if not doc["refresh"]:
+            for sample in doc["samples"]:
+                out[sample["address"]].append(sample["value"])
+    return out
+
+
+def missing(got: dict[str, list[int]], total: int) -> dict[str, list[int]]:
+    return {a: sorted(set(range(total)) - set(v)) for a, v in got.items()}
+
+
+def test_nothing_is_lost_across_a_stopped_and_a_killed_broker(broker: Broker, tmp_path: Path) -> None:
+    outage_s = float(os.environ.get("EMSBMS_UPLINK_OUTAGE_S", "30"))
+    watcher = Watcher(broker, CLOUD, [PLANT_1.telemetry], persistent=True)
+    registry = Registry()
+    outbox = Outbox(tmp_path / "edge.db.outbox")
+    uplink = Uplink(edge_config(broker), PLANT_1, outbox, registry, max_inflight=20)
+    batcher = TelemetryBatcher(PLANT_1, session=1, refresh_s=3600, start_us=time.time_ns() // 1000)
+    pipe = Feed(registry, batcher, outbox, wake=uplink.wake, pattern="dev/*", every=0.1)
+    feed = Feeder(registry)  # after the feed's subscription: it sees every sample
+    uplink.start()
+    try:
+        assert uplink.wait_state(UplinkState.ONLINE, 20)
+        assert wait(lambda: min(len(v) for v in received(watcher, PLANT_1.telemetry).values()) >= 20)
+        broker.stop(signal.SIGTERM)  # a clean stop: Mosquitto saves the watcher's session
+        assert uplink.wait_state(UplinkState.OFFLINE, 20)
+        before = feed.count
+        time.sleep(outage_s)  # the outage itself, not a measurement
+        assert feed.count > before  # samples kept coming while the broker was away ...
+        assert outbox.queued > 0  # ... into the outbox
+        assert registry.get("uplink/State") is not None
+        assert wait(lambda: registry.get("uplink/Queued") is not None and registry.get("uplink/Queued").value > 0)  # type: ignore[union-attr]
+        broker.start()
+        assert uplink.wait_state(UplinkState.ONLINE, 30)
+        mark = feed.count
+        assert wait(lambda: min(len(set(v)) for v in received(watcher, PLANT_1.telemetry).values()) > mark, 60)
+        broker.stop(signal.SIGKILL)  # a crash, with samples flowing
+        assert uplink.wait_state(UplinkState.OFFLINE, 20)
+        broker.start()
+        assert uplink.wait_state(UplinkState.ONLINE, 30)
+        time.sleep(0.5)
+        total = feed.close()
+        pipe.close()
+        assert wait(lambda: outbox.queued == 0, 60), outbox.queued
+        assert wait(lambda: all(set(v) == set(range(total)) for v in received(watcher, PLANT_1.telemetry).values()),
+                    30), missing(received(watcher, PLANT_1.telemetry), total)
+        counts = {a: len(set(v)) for a, v in received(watcher, PLANT_1.telemetry).items()}
+        assert counts == dict.fromkeys(CHANNELS, total)  # per channel, the count in equals the count out
+        assert pipe.dropped == 0
+        assert outbox.dropped == 0
+        assert uplink.published == outbox.published
+    finally:
+        feed.stop.set()
+        pipe.close()
+        uplink.stop()
+        watcher.close()
+        outbox.close()

@@ -80,6 +80,7 @@ class Broker:
             f"listener {self.port} 127.0.0.1",
             "set_tcp_nodelay true",
             "allow_anonymous false",
+            "max_queued_messages 0",  # an offline persistent subscriber keeps every QoS 1 message (tests count them)
             f"password_file {passwords}",
             f"acl_file {acl}",
             f"persistence {'true' if self.persistence else 'false'}",

@@ -20,9 +20,9 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
@@ -31,13 +31,11 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from emsbms.edge.registry import Registry, Subscription
 from emsbms.site.model import UplinkConfig
-from emsbms.types import ChannelInfo, ChannelKind, Quality, Reading, Sample
+from emsbms.types import ChannelInfo, ChannelKind, Quality, Reading, Sample, Value
+from emsbms.uplink.messages import TelemetryBatcher, Topics, next_bd_seq, state_payload
+from emsbms.uplink.outbox import Outbox
 
 log = logging.getLogger(__name__)
-
-ONLINE = b"online"
-OFFLINE = b"offline"
-
 
 class UplinkState(StrEnum):
     """Where the link to the broker stands (the value of `uplink/State`)."""
@@ -51,66 +49,63 @@ class UplinkState(StrEnum):
 CHANNELS = (
     ChannelInfo("uplink/State", kind=ChannelKind.STATE, description="link to the broker"),
     ChannelInfo("uplink/Queued", description="outbox rows waiting for the broker's PUBACK"),
-    ChannelInfo("uplink/Published", description="outbox rows acknowledged by the broker since start"),
+    ChannelInfo("uplink/Published", description="outbox rows acknowledged by the broker"),
     ChannelInfo("uplink/Dropped", description="updates dropped: the feed queue was full or the outbox over quota"),
     ChannelInfo("uplink/OldestQueuedAge", unit="s", description="age of the oldest outbox row"),
-    ChannelInfo("uplink/RoundTrip", unit="ms", description="last publish to PUBACK time"),
+    ChannelInfo("uplink/RoundTrip", unit="ms", description="the last publish-to-PUBACK time"),
 )
 
-
-class OutboxRow(Protocol):
-    @property
-    def id(self) -> int: ...
-    @property
-    def topic(self) -> str: ...
-    @property
-    def payload(self) -> bytes: ...
+Hook = Callable[[bytes], None]
 
 
-class OutboxLike(Protocol):
-    """What the uplink needs of the outbox (emsbms/uplink/outbox.py)."""
-
-    def pending(self, limit: int) -> Sequence[Any]: ...
-    def done(self, row_id: int) -> None: ...
-
-
-def topic_root(org: str, site: str) -> str:
-    return f"ems/{org}/{site}/"
+def _now_us() -> int:
+    return time.time_ns() // 1000
 
 
 class Uplink:
-    """The edge's MQTT client (see the module docstring)."""
+    """The edge's MQTT client (see the module docstring).
+
+    `birth(bd_seq)` gives the birth payload, published on every connect and on a rebirth request
+    (then `on_rebirth` runs too, e.g. the batcher's full refresh). `on_command` and `on_config` get
+    the raw payloads of `cmd` and `config`, on a worker thread of their own (a command may wait for
+    a device's acknowledgement; the network thread never waits). `send` queues a message in the
+    outbox and wakes the publisher.
+    """
 
     def __init__(
         self,
         config: UplinkConfig,
-        org: str,
-        site: str,
-        outbox: OutboxLike | None = None,
+        topics: Topics,
+        outbox: Outbox | None = None,
         registry: Registry | None = None,
-        on_command: Callable[[bytes], None] | None = None,
-        on_config: Callable[[bytes], None] | None = None,
-        on_connect: Callable[[], None] | None = None,
+        *,
+        birth: Callable[[int], bytes] | None = None,
+        on_command: Hook | None = None,
+        on_config: Hook | None = None,
+        on_rebirth: Callable[[], None] | None = None,
         max_inflight: int = 100,
-        counters: Callable[[], dict[str, float]] | None = None,
+        dropped: Callable[[], int] | None = None,
     ) -> None:
         self.config = config
-        self.root = topic_root(org, site)
+        self.topics = topics
         self.outbox = outbox
         self.registry = registry
-        self.on_command = on_command
-        self.on_config = on_config
-        self.on_connected = on_connect
+        self.birth = birth
+        self.on_rebirth = on_rebirth
         self.max_inflight = max_inflight
-        self.counters = counters  # extra counters for the channels (e.g. Queued, Dropped from the outbox)
+        self.extra_dropped = dropped  # drops before the outbox (the feed's queue), for uplink/Dropped
         self.state = UplinkState.STOPPED
-        self.published = 0
+        self.bd_seq = next_bd_seq(None)
+        self.published = 0  # rows acknowledged since start
         self.round_trip_ms: float | None = None
+        self._hooks: dict[str, Hook | None] = {topics.cmd: on_command, topics.config: on_config}
+        self._inbox: queue.Queue[tuple[str, bytes] | None] = queue.Queue()
         self._cond = threading.Condition()
         self._inflight: dict[int, tuple[int, float]] = {}  # mid -> (row id, sent at)
-        self._acked: list[int] = []  # mids acknowledged, to be deleted by the publisher thread
+        self._acked: list[int] = []  # mids acknowledged, deleted from the outbox by the publisher thread
+        self._wake = False
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self.client = self._client()
         if registry is not None:
             registry.declare(CHANNELS)
@@ -119,13 +114,13 @@ class Uplink:
 
     def _client(self) -> mqtt.Client:
         url = urlsplit(self.config.url)
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"emsbms-{self.root.strip('/')}",
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"emsbms-{self.topics.org}-{self.topics.site}",
                              protocol=mqtt.MQTTv311, clean_session=True)
         client.username_pw_set(self.config.username, self.config.password)
         if url.scheme == "mqtts":
             client.tls_set(ca_certs=self.config.ca_file, certfile=self.config.cert_file,
                            keyfile=self.config.key_file, cert_reqs=ssl.CERT_REQUIRED)
-        client.will_set(self.root + "state", OFFLINE, qos=1, retain=True)
+        self._set_will(client)
         client.reconnect_delay_set(min_delay=1, max_delay=8)
         client.max_inflight_messages_set(self.max_inflight)
         client.on_socket_open = self._socket_open
@@ -135,13 +130,14 @@ class Uplink:
         client.on_message = self._message
         return client
 
+    def _set_will(self, client: mqtt.Client) -> None:
+        client.will_set(self.topics.state, state_payload(False, self.bd_seq, _now_us()), qos=1, retain=True)
+
     @staticmethod
     def _socket_open(client: mqtt.Client, userdata: Any, sock: Any) -> None:
-        raw = getattr(sock, "_sock", sock)  # paho wraps a TLS socket; the TCP socket is inside
-        try:
-            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except (OSError, AttributeError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        """TCP_NODELAY on every connection (paho never sets it): a QoS 1 round trip in ms, not 40+."""
+        raw = getattr(sock, "_sock", None) or sock  # a TLS socket wraps the TCP one
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def _connected(self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode,
                    properties: Any) -> None:
@@ -149,32 +145,46 @@ class Uplink:
             log.warning("uplink: %s refused the connection: %s", self.config.url, reason)
             self._set_state(UplinkState.OFFLINE)
             return
-        client.publish(self.root + "state", ONLINE, qos=1, retain=True)
-        client.subscribe([(self.root + "cmd", 1), (self.root + "config", 1)])
+        if self.birth is not None:
+            client.publish(self.topics.birth, self.birth(self.bd_seq), qos=1)
+        client.publish(self.topics.state, state_payload(True, self.bd_seq, _now_us()), qos=1, retain=True)
+        client.subscribe([(self.topics.cmd, 1), (self.topics.config, 1), (self.topics.rebirth, 1)])
         self._set_state(UplinkState.ONLINE)
-        if self.on_connected is not None:
-            self.on_connected()
 
     def _disconnected(self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode,
                       properties: Any) -> None:
-        if not self._stop.is_set():
+        if self._stop.is_set():
+            return
+        if self.state is UplinkState.ONLINE:
             log.warning("uplink: lost %s (%s); reconnecting", self.config.url, reason)
-            self._set_state(UplinkState.OFFLINE)
+            self.bd_seq = next_bd_seq(self.bd_seq)  # the next connection is a new birth/death pair
+            self._set_will(client)
+        self._set_state(UplinkState.OFFLINE)
 
     def _published(self, client: mqtt.Client, userdata: Any, mid: int, reason: ReasonCode, properties: Any) -> None:
+        # every mid: a PUBACK may beat the publisher thread's record of its mid (sorted out there)
         with self._cond:
-            if mid in self._inflight:
-                self._acked.append(mid)
-                self._cond.notify_all()
+            self._acked.append(mid)
+            self._cond.notify_all()
 
     def _message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        hook = {self.root + "cmd": self.on_command, self.root + "config": self.on_config}.get(message.topic)
-        if hook is None:
-            return
-        try:
-            hook(bytes(message.payload))
-        except Exception:
-            log.exception("uplink: the %s handler raised", message.topic)
+        self._inbox.put((message.topic, bytes(message.payload)))
+
+    def _handle_loop(self) -> None:
+        while (item := self._inbox.get()) is not None:
+            topic, payload = item
+            try:
+                if topic == self.topics.rebirth:
+                    if self.birth is not None:
+                        self.client.publish(self.topics.birth, self.birth(self.bd_seq), qos=1)
+                    if self.on_rebirth is not None:
+                        self.on_rebirth()
+                    continue
+                hook = self._hooks.get(topic)
+                if hook is not None:
+                    hook(payload)
+            except Exception:
+                log.exception("uplink: the handler of %s raised", topic)
 
     def _set_state(self, state: UplinkState) -> None:
         with self._cond:
@@ -190,18 +200,22 @@ class Uplink:
         self._set_state(UplinkState.CONNECTING)
         self.client.connect_async(url.hostname or "127.0.0.1", url.port or default, keepalive=30)
         self.client.loop_start()
-        self._thread = threading.Thread(target=self._publish_loop, name="emsbms-uplink", daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._publish_loop, name="emsbms-uplink", daemon=True),
+                         threading.Thread(target=self._handle_loop, name="emsbms-uplink-inbox", daemon=True)]
+        for t in self._threads:
+            t.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        """A clean stop: publish `offline` (retained), wait for it, disconnect."""
+        """A clean stop: publish `offline` (retained), wait for its PUBACK, disconnect."""
         self._stop.set()
+        self._inbox.put(None)
         with self._cond:
             self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        for t in self._threads:
+            t.join(timeout)
         if self.state is UplinkState.ONLINE:
-            info = self.client.publish(self.root + "state", OFFLINE, qos=1, retain=True)
+            info = self.client.publish(self.topics.state, state_payload(False, self.bd_seq, _now_us()), qos=1,
+                                       retain=True)
             try:
                 info.wait_for_publish(timeout)
             except (RuntimeError, ValueError):
@@ -217,6 +231,18 @@ class Uplink:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def send(self, topic: str, payload: bytes, kind: str) -> None:
+        """Queue one message in the outbox (committed when this returns) and wake the publisher."""
+        assert self.outbox is not None, "an uplink without an outbox sends nothing"
+        self.outbox.put(topic, payload, kind, _now_us())
+        self.wake()
+
+    def wake(self) -> None:
+        """Something was put in the outbox: publish it now rather than at the next poll."""
+        with self._cond:
+            self._wake = True
+            self._cond.notify_all()
 
     def wait_state(self, state: UplinkState, timeout: float) -> bool:
         with self._cond:
@@ -242,55 +268,64 @@ class Uplink:
     def _publish_step(self) -> None:
         with self._cond:
             acked, self._acked = self._acked, []
-            done = [(self._inflight.pop(mid), mid) for mid in acked]
-        now = time.monotonic()
-        for (row_id, sent), _ in done:
+            done = [self._inflight.pop(mid) for mid in acked if mid in self._inflight]  # others: state, birth
+        if done:
             assert self.outbox is not None
-            self.outbox.done(row_id)
-            self.published += 1
-            self.round_trip_ms = (now - sent) * 1000.0
+            self.outbox.done(row for row, _ in done)  # deleted only now: the broker has it
+            self.published += len(done)
+            self.round_trip_ms = (time.monotonic() - done[-1][1]) * 1000.0
         with self._cond:
             room = self.max_inflight - len(self._inflight)
             online = self.state is UplinkState.ONLINE
-            busy = {row for row, _ in self._inflight.values()}
+            self._wake = False
         if online and room > 0 and self.outbox is not None:
-            rows = [r for r in self.outbox.pending(room + len(busy)) if r.id not in busy][:room]
+            rows = self.outbox.pending(room, _now_us())  # rows in flight are not handed out again
             for row in rows:
                 info = self.client.publish(row.topic, row.payload, qos=1)
-                if info.rc != mqtt.MQTT_ERR_SUCCESS and info.rc != mqtt.MQTT_ERR_NO_CONN:
-                    log.warning("uplink: publish to %s failed: %s", row.topic, mqtt.error_string(info.rc))
+                if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:  # paho still holds a message with this mid
+                    self.outbox.release([row.id])
                     continue
-                with self._cond:
+                with self._cond:  # recorded before this thread next looks at the acknowledged mids
                     self._inflight[info.mid] = (row.id, time.monotonic())
-                    if info.is_published():  # the PUBACK came before the mid was recorded
-                        self._acked.append(info.mid)
+                # a publish while the link drops stays in paho's session: it is sent again on reconnect
             if rows:
                 return
         with self._cond:
-            self._cond.wait_for(lambda: bool(self._acked) or self._stop.is_set(), 0.05)
+            self._cond.wait_for(lambda: bool(self._acked) or self._wake or self._stop.is_set(), 0.1)
 
     def _update_channels(self) -> None:
         if self.registry is None:
             return
-        now = time.time_ns() // 1000
-        values: dict[str, float | str | None] = {
-            "uplink/State": self.state.value,
-            "uplink/Published": self.published,
-            "uplink/RoundTrip": self.round_trip_ms,
-        }
-        if self.counters is not None:
-            values.update(self.counters())
-        self.registry.apply(Sample(a, v, now, Quality.OK) for a, v in values.items())
+        values: dict[str, Value] = {"uplink/State": self.state.value, "uplink/Published": self.published,
+                                    "uplink/RoundTrip": self.round_trip_ms}
+        now = _now_us()
+        dropped = self.extra_dropped() if self.extra_dropped is not None else 0
+        if self.outbox is not None:
+            values["uplink/Queued"] = self.outbox.queued
+            values["uplink/OldestQueuedAge"] = self.outbox.oldest_age_s(now)
+            dropped += self.outbox.dropped
+        values["uplink/Dropped"] = dropped
+        self.registry.apply([Sample(a, v, now, Quality.OK) for a, v in values.items()])
 
 
 class Feed:
-    """Registry updates → bounded queue → writer thread → `sink` (the batcher and the outbox)."""
+    """Registry updates → bounded queue → writer thread → `TelemetryBatcher` → outbox.
 
-    def __init__(self, registry: Registry, sink: Callable[[list[tuple[str, Reading]]], None],
-                 pattern: str = "*", queue_size: int = 100_000, exclude: str = "uplink/") -> None:
-        self.sink = sink
-        self.exclude = exclude
+    The registry's callback only puts on the queue: a full queue drops and counts (`dropped`), the
+    receive path never waits for SQLite. The writer hands the updates to the batcher, and puts its
+    messages in the outbox in one transaction, at least every `every` seconds (the batcher's full
+    refresh is due by time), then calls `wake` (the uplink's publisher).
+    """
+
+    def __init__(self, registry: Registry, batcher: TelemetryBatcher, outbox: Outbox,
+                 wake: Callable[[], None] = lambda: None, pattern: str = "*", queue_size: int = 100_000,
+                 every: float = 1.0) -> None:
+        self.batcher = batcher
+        self.outbox = outbox
+        self.wake = wake
+        self.every = every
         self.dropped = 0
+        self.queued = 0  # messages put in the outbox
         self.queue: queue.Queue[tuple[str, Reading] | None] = queue.Queue(queue_size)
         self._thread = threading.Thread(target=self._write_loop, name="emsbms-uplink-feed", daemon=True)
         self._thread.start()
@@ -298,8 +333,6 @@ class Feed:
 
     def record(self, address: str, reading: Reading) -> None:
         """The registry's callback: never blocks."""
-        if address.startswith(self.exclude):
-            return
         try:
             self.queue.put_nowait((address, reading))
         except queue.Full:
@@ -308,28 +341,31 @@ class Feed:
     def _write_loop(self) -> None:
         stopping = False
         while not stopping:
-            item = self.queue.get()
-            batch: list[tuple[str, Reading]] = []
-            while True:
+            items: list[tuple[str, Reading] | None] = []
+            try:
+                items.append(self.queue.get(timeout=self.every))
+                while len(items) < 10_000:
+                    items.append(self.queue.get_nowait())
+            except queue.Empty:
+                pass
+            for item in items:
                 if item is None:
                     stopping = True
                 else:
-                    batch.append(item)
-                try:
-                    item = self.queue.get_nowait()
-                except queue.Empty:
-                    break
-            if batch:
-                try:
-                    self.sink(batch)
-                except Exception:
-                    log.exception("uplink: the feed's sink raised; %d updates lost", len(batch))
+                    self.batcher.update(*item)
+            try:
+                messages = self.batcher.flush(_now_us())
+                if messages:
+                    self.outbox.put_many([(m.topic, m.payload, m.kind.value) for m in messages], _now_us())
+                    self.queued += len(messages)
+                    self.wake()
+            except Exception:
+                log.exception("uplink: the feed could not queue telemetry")
 
     def close(self, timeout: float = 10.0) -> None:
-        """Stop listening, write what is queued, stop the writer."""
+        """Stop listening, queue what is left, stop the writer."""
         if self._subscription is not None:
             self._subscription.cancel()
             self._subscription = None
         self.queue.put(None)
         self._thread.join(timeout)
-
