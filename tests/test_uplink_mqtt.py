@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -23,13 +25,16 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from emsbms.demo import site_toml
 from emsbms.edge.registry import Registry
+from emsbms.errors import ConfigError
+from emsbms.site import parse_site
 from emsbms.site.model import UplinkConfig
 from emsbms.types import ChannelInfo, Sample
 from emsbms.uplink.broker import Broker, BrokerUser, mosquitto_path
 from emsbms.uplink.client import Feed, Uplink, UplinkState
 from emsbms.uplink.messages import TelemetryBatcher, Topics
-from emsbms.uplink.outbox import Outbox
+from emsbms.uplink.outbox import Outbox, outbox_path
 from tests.conftest import wait
 
 pytestmark = pytest.mark.slow
@@ -130,12 +135,15 @@ def test_state_online_then_offline_on_clean_stop(broker: Broker) -> None:
 
 EDGE_SCRIPT = """
 import sys, time
+from emsbms.demo import site_toml
 from emsbms.edge.registry import Registry
+from emsbms.errors import ConfigError
+from emsbms.site import parse_site
 from emsbms.site.model import UplinkConfig
 from emsbms.types import ChannelInfo, Sample
 from emsbms.uplink.client import Feed, Uplink, UplinkState
 from emsbms.uplink.messages import TelemetryBatcher, Topics
-from emsbms.uplink.outbox import Outbox
+from emsbms.uplink.outbox import Outbox, outbox_path
 from emsbms.uplink.messages import Topics
 uplink = Uplink(UplinkConfig(url=sys.argv[1], username=sys.argv[2], password=sys.argv[3]), Topics("acme", "plant-1"))
 uplink.start()
@@ -304,3 +312,96 @@ def test_nothing_is_lost_across_a_stopped_and_a_killed_broker(broker: Broker, tm
         uplink.stop()
         watcher.close()
         outbox.close()
+
+
+def emsbms_command() -> list[str]:
+    script = Path(sys.executable).with_name("emsbms")
+    return [str(script)] if script.is_file() else [sys.executable, "-c", "from emsbms.cli import main; main()"]
+
+
+def stop_process(p: subprocess.Popen[str]) -> str:
+    p.send_signal(signal.SIGTERM)
+    try:
+        _, err = p.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        _, err = p.communicate()
+    return err
+
+
+def test_emsbms_run_sends_telemetry_and_runs_while_the_broker_is_away(tmp_path: Path) -> None:
+    require_mosquitto()
+    broker = Broker(tmp_path / "broker", [EDGE, OTHER, CLOUD])  # not started yet: the edge starts without it
+    port = random.Random(os.getpid() ^ time.time_ns()).randrange(43000, 47990)
+    (tmp_path / "uplink.secret").write_text(EDGE.password + "\n", encoding="utf-8")
+    site = tmp_path / "site.toml"
+    site.write_text(site_toml({
+        "site": {"org": "acme", "name": "plant-1"},
+        "bus": [{"name": "can0", "interface": "udp_multicast", "channel": "239.74.163.3", "port": port}],
+        "device": [{"name": "bms_0", "bus": "can0", "profile": "pylon-lv"}],
+    }) + f'\n[uplink]\nurl = "{broker.url}"\nusername = "{EDGE.name}"\npassword_file = "uplink.secret"\n',
+        encoding="utf-8")
+    db = tmp_path / "edge.db"
+    sim = subprocess.Popen([*emsbms_command(), "--site", str(site), "simulate", "--duration", "300"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run = subprocess.Popen([*emsbms_command(), "--site", str(site), "run", "--db", str(db)],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    watcher: Watcher | None = None
+    try:
+        outbox = outbox_path(db)
+        assert wait(lambda: outbox.exists() and queued_rows(outbox) >= 3, 60), "no telemetry queued without a broker"
+        assert run.poll() is None  # the edge runs on without its broker
+        broker.start()
+        watcher = Watcher(broker, CLOUD, ["ems/acme/plant-1/#"])
+        w = watcher
+        assert wait(lambda: any(s["address"] == "bms_0/Soc" for s in samples(w, PLANT_1.telemetry)), 60)
+        assert wait(lambda: any(s["address"] == "uplink/State" and s["value"] == "online"
+                                for s in samples(w, PLANT_1.health)), 30)
+        soc = [s for s in samples(w, PLANT_1.telemetry) if s["address"] == "bms_0/Soc"]
+        assert all(0 <= s["value"] <= 100 and s["quality"] == "ok" for s in soc)
+        births = [json.loads(p) for p in w.payloads(PLANT_1.birth)]
+        assert births and {c["address"]: c["unit"] for c in births[0]["channels"]}["bms_0/Soc"] == "%"
+        assert [d["profile"] for d in births[0]["devices"]] == ["pylon-lv"]
+        assert w.states(PLANT_1.state)[-1] == "online"
+        err = stop_process(run)
+        assert run.returncode == 0, err
+        assert "uplink to mqtt://127.0.0.1" in err
+        assert wait(lambda: w.states(PLANT_1.state)[-1:] == ["offline"])
+    finally:
+        if run.poll() is None:
+            stop_process(run)
+        stop_process(sim)
+        if watcher is not None:
+            watcher.close()
+        broker.stop(signal.SIGKILL)
+
+
+def samples(watcher: Watcher, topic: str) -> list[dict[str, object]]:
+    return [s for p in watcher.payloads(topic) for s in json.loads(p)["samples"]]
+
+
+def queued_rows(outbox: Path) -> int:
+    try:
+        with sqlite3.connect(outbox, timeout=5) as conn:
+            return int(conn.execute("SELECT count(*) FROM outbox").fetchone()[0])
+    except sqlite3.OperationalError:
+        return 0
+
+
+def test_the_uplink_table_is_checked(tmp_path: Path) -> None:
+    base = {"site": {"org": "acme", "name": "plant-1"}}
+    (tmp_path / "uplink.secret").write_text("s3cret\n", encoding="utf-8")
+    site = parse_site({**base, "uplink": {"url": "mqtts://broker.example:8883", "username": "acme.plant-1",
+                                          "password_file": "uplink.secret"}}, "site.toml", tmp_path / "site.toml")
+    assert site.uplink == UplinkConfig(url="mqtts://broker.example:8883", username="acme.plant-1", password="s3cret")
+    with pytest.raises(ConfigError, match=r"site.toml: \[uplink\]: unknown key 'pasword'.*did you mean 'password'"):
+        parse_site({**base, "uplink": {"url": "mqtt://h", "pasword": "x"}}, "site.toml")
+    with pytest.raises(ConfigError, match=r"\[uplink\]: key 'url': expected mqtt://host\[:port\] or mqtts://host"
+                                          r"\[:port\], found 'http://h'"):
+        parse_site({**base, "uplink": {"url": "http://h"}}, "site.toml")
+    with pytest.raises(ConfigError, match=r"\[uplink\]: key 'ca_file': expected a readable file, found no file at"):
+        parse_site({**base, "uplink": {"url": "mqtts://h", "ca_file": "missing.pem"}}, "site.toml",
+                   tmp_path / "site.toml")
+    with pytest.raises(ConfigError, match=r"\[uplink\]: keys 'password' and 'password_file': expected one of them"):
+        parse_site({**base, "uplink": {"url": "mqtt://h", "password": "a", "password_file": "uplink.secret"}},
+                   "site.toml", tmp_path / "site.toml")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -15,6 +15,9 @@ from emsbms.edge.lock import EdgeLock
 from emsbms.edge.store import DEFAULT_MAX_AGE_S, DEFAULT_MAX_BYTES, Retention, RunLog
 from emsbms.edge.watch import ProfileWatcher
 from emsbms.errors import ConfigError
+
+if TYPE_CHECKING:
+    from emsbms.uplink.link import EdgeUplink
 
 log = logging.getLogger(__name__)
 
@@ -74,14 +77,25 @@ def command(
 def _run(edge: Edge, runlog: RunLog, path: Path, duration: float | None) -> None:
     watcher = ProfileWatcher(path, edge, on_activate=lambda _: runlog.declare(
         edge.registry.info(a) for a in edge.registry.addresses()))  # profiles imported while it runs
+    link: EdgeUplink | None = None
     try:
+        if edge.site.uplink is not None:  # before the run log's declare: the uplink's channels are logged too
+            from emsbms.uplink.link import EdgeUplink  # paho-mqtt is loaded only for a site with an [uplink]
+
+            link = EdgeUplink(edge, edge.site.uplink, path)
         runlog.declare(edge.registry.info(a) for a in edge.registry.addresses())
         subscription = edge.subscribe("*", runlog.record)
         with stop_signals() as stop, edge:
             err(f"run: {len(edge.site.devices)} devices on {len(edge.site.buses)} buses; logging to {path}"
                 f" (kept {age_text(runlog.retention.max_age_s)}, {runlog.retention.max_bytes / (1 << 20):g} MiB)")
+            if link is not None:
+                link.start()
+                err(f"run: uplink to {link.uplink.config.url} as {link.uplink.config.username!r} on"
+                    f" {link.uplink.topics.root}#")
             run_until(stop, duration, tick=watcher.poll)
         subscription.cancel()
     finally:
+        if link is not None:
+            link.close()
         watcher.close()
         runlog.close()

@@ -65,11 +65,11 @@ def _now_us() -> int:
 class Uplink:
     """The edge's MQTT client (see the module docstring).
 
-    `birth(bd_seq)` gives the birth payload, published on every connect and on a rebirth request
-    (then `on_rebirth` runs too, e.g. the batcher's full refresh). `on_command` and `on_config` get
-    the raw payloads of `cmd` and `config`, on a worker thread of their own (a command may wait for
-    a device's acknowledgement; the network thread never waits). `send` queues a message in the
-    outbox and wakes the publisher.
+    `birth(bd_seq)` gives the birth payload, published on every connect and on a rebirth request;
+    `on_birth` runs after each (the batcher's full refresh: the cloud gets every value again).
+    `on_command` and `on_config` get the raw payloads of `cmd` and `config`, on a worker thread of
+    their own (a command may wait for a device's acknowledgement; the network thread never waits).
+    `send` queues a message in the outbox and wakes the publisher.
     """
 
     def __init__(
@@ -82,7 +82,7 @@ class Uplink:
         birth: Callable[[int], bytes] | None = None,
         on_command: Hook | None = None,
         on_config: Hook | None = None,
-        on_rebirth: Callable[[], None] | None = None,
+        on_birth: Callable[[], None] | None = None,
         max_inflight: int = 100,
         dropped: Callable[[], int] | None = None,
     ) -> None:
@@ -91,7 +91,7 @@ class Uplink:
         self.outbox = outbox
         self.registry = registry
         self.birth = birth
-        self.on_rebirth = on_rebirth
+        self.on_birth = on_birth
         self.max_inflight = max_inflight
         self.extra_dropped = dropped  # drops before the outbox (the feed's queue), for uplink/Dropped
         self.state = UplinkState.STOPPED
@@ -147,6 +147,8 @@ class Uplink:
             return
         if self.birth is not None:
             client.publish(self.topics.birth, self.birth(self.bd_seq), qos=1)
+        if self.on_birth is not None:
+            self.on_birth()
         client.publish(self.topics.state, state_payload(True, self.bd_seq, _now_us()), qos=1, retain=True)
         client.subscribe([(self.topics.cmd, 1), (self.topics.config, 1), (self.topics.rebirth, 1)])
         self._set_state(UplinkState.ONLINE)
@@ -177,8 +179,8 @@ class Uplink:
                 if topic == self.topics.rebirth:
                     if self.birth is not None:
                         self.client.publish(self.topics.birth, self.birth(self.bd_seq), qos=1)
-                    if self.on_rebirth is not None:
-                        self.on_rebirth()
+                    if self.on_birth is not None:
+                        self.on_birth()
                     continue
                 hook = self._hooks.get(topic)
                 if hook is not None:
