@@ -177,26 +177,34 @@ def test_will_gives_offline_when_the_edge_is_killed(broker: Broker) -> None:
         late.close()
 
 
+def connected(broker: Broker, user: BrokerUser, client_id: str) -> mqtt.Client:
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311)
+    client.username_pw_set(user.name, user.password)
+    client.connect("127.0.0.1", broker.port)
+    client.loop_start()
+    assert wait(client.is_connected), f"{user.name} could not connect"
+    return client
+
+
 def test_an_edge_cannot_use_another_sites_topics(broker: Broker) -> None:
     watcher = Watcher(broker, CLOUD, ["ems/#"])
     # plant-1's credentials: its own topics work, plant-2's are refused both ways
     spy = Watcher(broker, EDGE, ["ems/acme/plant-2/#", "ems/acme/plant-1/cmd"])
     try:
         # Mosquitto grants the SUBACK and then delivers only what the read ACL allows
-        intruder = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="intruder", protocol=mqtt.MQTTv311)
-        intruder.username_pw_set(EDGE.name, EDGE.password)
-        intruder.connect("127.0.0.1", broker.port)
-        intruder.loop_start()
+        intruder = connected(broker, EDGE, "intruder")
         try:
-            # Mosquitto acknowledges a refused QoS 1 publish (MQTT 3.1.1 has no way to say no) and drops it
-            intruder.publish("ems/acme/plant-2/cmd", b"forged", qos=1).wait_for_publish(10)
+            # Mosquitto drops a refused publish: it acknowledges it (MQTT 3.1.1 has no way to say no) or
+            # closes the connection
+            forger = connected(broker, EDGE, "forger")
+            forged = forger.publish("ems/acme/plant-2/cmd", b"forged", qos=1)
+            assert wait(lambda: forged.is_published() or not forger.is_connected())
+            forger.disconnect()
+            forger.loop_stop()
             intruder.publish("ems/acme/plant-1/telemetry", b"own", qos=1).wait_for_publish(10)
             assert wait(lambda: watcher.payloads("ems/acme/plant-1/telemetry") == [b"own"])
             # plant-2's operator publishes a command: plant-1's spy does not get it
-            other = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="plant-2", protocol=mqtt.MQTTv311)
-            other.username_pw_set(OTHER.name, OTHER.password)
-            other.connect("127.0.0.1", broker.port)
-            other.loop_start()
+            other = connected(broker, OTHER, "plant-2")
             other.publish("ems/acme/plant-2/cmd", b"for-plant-2", qos=1).wait_for_publish(10)
             other.publish("ems/acme/plant-1/cmd", b"from-plant-2", qos=1).wait_for_publish(10)
             intruder.publish("ems/acme/plant-1/cmd", b"marker", qos=1).wait_for_publish(10)
@@ -262,6 +270,11 @@ def received(watcher: Watcher, topic: str) -> dict[str, list[int]]:
     return out
 
 
+def telemetry_messages(watcher: Watcher) -> int:
+    """Distinct telemetry messages received (QoS 1 may deliver one twice)."""
+    return len({json.loads(p)["seq"] for p in watcher.payloads(PLANT_1.telemetry)})
+
+
 def missing(got: dict[str, list[int]], total: int) -> dict[str, list[int]]:
     return {a: sorted(set(range(total)) - set(v)) for a, v in got.items()}
 
@@ -291,7 +304,15 @@ def test_nothing_is_lost_across_a_stopped_and_a_killed_broker(broker: Broker, tm
         assert uplink.wait_state(UplinkState.ONLINE, 30)
         mark = feed.count
         assert wait(lambda: min(len(set(v)) for v in received(watcher, PLANT_1.telemetry).values()) > mark, 60)
-        broker.stop(signal.SIGKILL)  # a crash, with samples flowing
+        # A crash, with samples flowing. Mosquitto sends PUBACK before it persists anything, so a
+        # crash loses what it acknowledged but had not delivered yet: no edge can prevent that.
+        # Freeze it first (no more PUBACKs), let the watcher get everything acknowledged, then kill
+        # it: the edge's part is what remains, its rows in flight and those queued meanwhile.
+        assert broker.process is not None
+        broker.process.send_signal(signal.SIGSTOP)
+        assert wait(lambda: telemetry_messages(watcher) == outbox.published, 30)
+        assert wait(lambda: outbox.queued > 0)  # samples still flow: the crash leaves the edge rows to send
+        broker.stop(signal.SIGKILL)
         assert uplink.wait_state(UplinkState.OFFLINE, 20)
         broker.start()
         assert uplink.wait_state(UplinkState.ONLINE, 30)

@@ -81,6 +81,7 @@ class Broker:
             "set_tcp_nodelay true",
             "allow_anonymous false",
             "max_queued_messages 0",  # an offline persistent subscriber keeps every QoS 1 message (tests count them)
+            "max_inflight_messages 0",  # ... and an online one gets each at once, not from a queue in memory
             f"password_file {passwords}",
             f"acl_file {acl}",
             f"persistence {'true' if self.persistence else 'false'}",

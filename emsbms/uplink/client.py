@@ -299,11 +299,12 @@ class Uplink:
         if self.registry is None:
             return
         values: dict[str, Value] = {"uplink/State": self.state.value, "uplink/Published": self.published,
-                                    "uplink/RoundTrip": self.round_trip_ms}
+                                    "uplink/RoundTrip": self.round_trip_ms}  # Published: since start, or ...
         now = _now_us()
         dropped = self.extra_dropped() if self.extra_dropped is not None else 0
         if self.outbox is not None:
             values["uplink/Queued"] = self.outbox.queued
+            values["uplink/Published"] = self.outbox.published  # ... since the outbox file was made
             values["uplink/OldestQueuedAge"] = self.outbox.oldest_age_s(now)
             dropped += self.outbox.dropped
         values["uplink/Dropped"] = dropped

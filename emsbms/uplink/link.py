@@ -10,9 +10,9 @@ disconnects. Command results and config statuses go through the outbox like tele
 from __future__ import annotations
 
 import time
+from importlib.metadata import version
 from pathlib import Path
 
-from emsbms import __version__
 from emsbms.db.profiles import content_hash, document_of
 from emsbms.edge import Edge
 from emsbms.site.model import UplinkConfig
@@ -51,7 +51,7 @@ class EdgeUplink:
             p = self.edge.profiles[d.name]
             devices.append(DeviceInfo(d.name, d.bus, p.protocol, p.name, p.version,
                                       content_hash(document_of(p), p.source_text)))
-        return birth_payload([registry.info(a) for a in registry.addresses()], devices, __version__, bd_seq,
+        return birth_payload([registry.info(a) for a in registry.addresses()], devices, version("emsbms"), bd_seq,
                              self.session, _now_us())
 
     def _command(self, payload: bytes) -> None:
