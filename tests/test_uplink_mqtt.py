@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -120,6 +122,8 @@ def test_state_online_then_offline_on_clean_stop(broker: Broker) -> None:
         uplink = Uplink(edge_config(broker), PLANT_1)
         uplink.start()
         assert uplink.wait_state(UplinkState.ONLINE, 20), uplink.state
+        sock = uplink.client.socket()
+        assert sock is not None and sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
         assert wait(lambda: watcher.states("ems/acme/plant-1/state") == ["online"])
         uplink.stop()
         assert wait(lambda: watcher.states("ems/acme/plant-1/state") == ["online", "offline"])
@@ -426,3 +430,54 @@ def test_the_uplink_table_is_checked(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"\[uplink\]: keys 'password' and 'password_file': expected one of them"):
         parse_site({**base, "uplink": {"url": "mqtt://h", "password": "a", "password_file": "uplink.secret"}},
                    "site.toml", tmp_path / "site.toml")
+
+
+def make_certificates(folder: Path) -> tuple[Path, Path, Path]:
+    """A CA and a server certificate for 127.0.0.1 it signed (openssl): (CA, certificate, key)."""
+    folder.mkdir()
+    ca, ca_key, cert, key = (folder / n for n in ("ca.pem", "ca.key", "server.pem", "server.key"))
+    ext = folder / "san.ext"
+    ext.write_text("subjectAltName=IP:127.0.0.1\n", encoding="utf-8")
+    for cmd in (
+        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=emsbms test CA",
+         "-keyout", ca_key, "-out", ca],
+        ["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", key, "-out", folder / "s.csr"],
+        ["x509", "-req", "-in", folder / "s.csr", "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-days", "2",
+         "-extfile", ext, "-out", cert],
+    ):
+        subprocess.run(["openssl", *map(str, cmd)], check=True, capture_output=True)
+    return ca, cert, key
+
+
+def test_mqtts_with_the_ca_file(tmp_path: Path) -> None:
+    require_mosquitto()
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    ca, cert, key = make_certificates(tmp_path / "tls")
+    broker = Broker(tmp_path / "broker", [EDGE, CLOUD], tls=(ca, cert, key))
+    broker.start()
+    try:
+        assert broker.url.startswith("mqtts://")
+        uplink = Uplink(UplinkConfig(url=broker.url, username=EDGE.name, password=EDGE.password, ca_file=str(ca)),
+                        PLANT_1)
+        uplink.start()
+        try:
+            assert uplink.wait_state(UplinkState.ONLINE, 20), uplink.state
+            sock = uplink.client.socket()
+            assert sock is not None
+            raw = getattr(sock, "_sock", None) or sock
+            assert raw.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+        finally:
+            uplink.stop()
+        # a CA that did not sign the broker's certificate: refused, and the uplink keeps trying
+        other_ca, _, _ = make_certificates(tmp_path / "other")
+        wrong = Uplink(UplinkConfig(url=broker.url, username=EDGE.name, password=EDGE.password,
+                                    ca_file=str(other_ca)), PLANT_1)
+        wrong.start()
+        try:
+            assert not wrong.wait_state(UplinkState.ONLINE, 3)
+            assert wrong.state in (UplinkState.CONNECTING, UplinkState.OFFLINE)
+        finally:
+            wrong.stop()
+    finally:
+        broker.stop(signal.SIGKILL)

@@ -52,11 +52,12 @@ class Broker:
     users: list[BrokerUser]
     port: int = field(default_factory=free_port)
     persistence: bool = True
+    tls: tuple[Path, Path, Path] | None = None  # (CA file, certificate, key): the listener speaks mqtts://
     process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
 
     @property
     def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
+        return f"{'mqtts' if self.tls else 'mqtt'}://127.0.0.1:{self.port}"
 
     def write_files(self) -> Path:
         exe = mosquitto_path()
@@ -79,6 +80,7 @@ class Broker:
             "user root" if os.geteuid() == 0 else "",  # root would drop to `mosquitto`, who cannot read these files
             f"listener {self.port} 127.0.0.1",
             "set_tcp_nodelay true",
+            *([f"cafile {self.tls[0]}", f"certfile {self.tls[1]}", f"keyfile {self.tls[2]}"] if self.tls else []),
             "allow_anonymous false",
             "max_queued_messages 0",  # an offline persistent subscriber keeps every QoS 1 message (tests count them)
             "max_inflight_messages 0",  # ... and an online one gets each at once, not from a queue in memory
