@@ -145,10 +145,13 @@ class Uplink:
             log.warning("uplink: %s refused the connection: %s", self.config.url, reason)
             self._set_state(UplinkState.OFFLINE)
             return
-        if self.birth is not None:
-            client.publish(self.topics.birth, self.birth(self.bd_seq), qos=1)
-        if self.on_birth is not None:
-            self.on_birth()
+        try:  # an exception here would end paho's network thread
+            if self.birth is not None:
+                client.publish(self.topics.birth, self.birth(self.bd_seq), qos=1)
+            if self.on_birth is not None:
+                self.on_birth()
+        except Exception:
+            log.exception("uplink: the birth could not be made")
         client.publish(self.topics.state, state_payload(True, self.bd_seq, _now_us()), qos=1, retain=True)
         client.subscribe([(self.topics.cmd, 1), (self.topics.config, 1), (self.topics.rebirth, 1)])
         self._set_state(UplinkState.ONLINE)
