@@ -102,7 +102,7 @@ UDP_KEYS = "name, interface, channel, bitrate, port, hop_limit, receive_own_mess
      "[j1939]: unknown key 'edge_adress'; did you mean 'edge_address'? (expected one of: edge_name, edge_address,"
      " request_interval_s)"),
     ('[site]', '[sites]', "unknown table 'sites'; did you mean 'site'? (expected one of: site, bus, device, j1939,"
-     " canopen)"),
+     " canopen, uplink)"),
 ])
 def test_an_unknown_key_is_refused_with_the_closest_known_one(tmp_path: Path, old: str, new: str,
                                                                message: str) -> None:
