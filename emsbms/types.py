@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from enum import IntEnum, StrEnum
-from typing import NamedTuple
+from enum import Enum, IntEnum, StrEnum
+from typing import Any, NamedTuple
 
 Value = float | int | bool | str | None
 
@@ -109,3 +110,17 @@ class CommandResult:
             "status": self.status.value,
             "detail": self.detail,
         }
+
+
+def json_safe(value: Any) -> Any:
+    """`value` as strict JSON data, for every JSON that leaves a process (``--json``, the uplink):
+    NaN and infinities become None, Enums their value, in lists, tuples and dicts too."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Enum):
+        return json_safe(value.value)
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value

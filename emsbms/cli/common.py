@@ -10,7 +10,6 @@ import difflib
 import functools
 import json
 import logging
-import math
 import os
 import re
 import signal
@@ -30,6 +29,7 @@ import typer
 from typer.core import TyperCommand
 
 from emsbms.errors import BusError, ConfigError, EmsbmsError, ProfileError, UnknownAddressError, UnsupportedError
+from emsbms.types import json_safe
 
 if TYPE_CHECKING:
     from emsbms.edge import Edge
@@ -207,21 +207,10 @@ def err(message: str) -> None:
     typer.echo(message, err=True)
 
 
-def finite(value: Any) -> Any:
-    """`value` with every NaN or infinite float (in lists, tuples and dicts too) replaced by None."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [finite(v) for v in value]
-    return value
-
-
 def json_text(doc: Any, indent: int | None = None) -> str:
     """The JSON every ``--json`` prints: strict JSON, a NaN or infinite value as null (never the
     ``NaN``/``Infinity`` tokens Python's json writes by default, which JSON parsers refuse)."""
-    return json.dumps(finite(doc), ensure_ascii=False, allow_nan=False, indent=indent)
+    return json.dumps(json_safe(doc), ensure_ascii=False, allow_nan=False, indent=indent)
 
 
 def one_line(error: BaseException) -> str:

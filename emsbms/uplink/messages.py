@@ -31,11 +31,11 @@ import math
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from enum import Enum, StrEnum
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from emsbms.errors import ConfigError
-from emsbms.types import ChannelInfo, Reading, Value
+from emsbms.types import ChannelInfo, Reading, Value, json_safe
 
 if TYPE_CHECKING:
     from emsbms.edge.events import Event
@@ -167,23 +167,9 @@ class Counter:
 
 # -- JSON ---------------------------------------------------------------------------------------
 
-def plain(value: Any) -> Any:
-    """`value` as strict JSON data: NaN and infinities become None, Enums their value (in lists,
-    tuples and dicts too)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Enum):
-        return plain(value.value)
-    if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [plain(v) for v in value]
-    return value
-
-
 def json_bytes(doc: Any) -> bytes:
     """Compact strict JSON in UTF-8: never a NaN or Infinity token."""
-    return json.dumps(plain(doc), ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
+    return json.dumps(json_safe(doc), ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
 
 
 _LIVE = b'"historical":false'
@@ -374,4 +360,4 @@ class TelemetryBatcher:
 
 __all__ = ["BD_SEQ_MODULO", "SEQ_MODULO", "SUPERVISION", "Counter", "DeviceInfo", "Message", "MessageKind",
            "TelemetryBatcher", "Topics", "as_historical", "birth_payload", "events_payload",
-           "json_bytes", "next_bd_seq", "plain", "samples_payload", "state_payload"]
+           "json_bytes", "next_bd_seq", "samples_payload", "state_payload"]
