@@ -274,9 +274,32 @@ def received(watcher: Watcher, topic: str) -> dict[str, list[int]]:
     return out
 
 
-def telemetry_messages(watcher: Watcher) -> int:
-    """Distinct telemetry messages received (QoS 1 may deliver one twice)."""
-    return len({json.loads(p)["seq"] for p in watcher.payloads(PLANT_1.telemetry)})
+def outbox_seqs(path: Path) -> set[int]:
+    """The `seq` of every telemetry message still in the outbox file (read beside the running edge)."""
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+        return {json.loads(p)["seq"] for (p,) in db.execute("SELECT payload FROM outbox WHERE kind = 'telemetry'")}
+
+
+def freeze_with_everything_acknowledged_delivered(broker: Broker, watcher: Watcher, outbox_file: Path) -> None:
+    """SIGSTOP the broker at a moment when every telemetry message the edge has deleted (PUBACKed)
+    has reached the watcher: each seq is either at the watcher or still in the outbox.
+
+    Mosquitto PUBACKs a message before it writes it to a slow subscriber, so at a given instant some
+    acknowledged messages may sit in the broker's memory only; a SIGKILL then would lose them, and no
+    edge can prevent that. Counting is not enough (the watcher may hold messages whose PUBACK the
+    edge has not handled yet while the broker holds others): compare the sets, after the sockets
+    drained, and let the broker run again a moment when they differ."""
+    assert broker.process is not None
+    for _ in range(30):
+        broker.process.send_signal(signal.SIGSTOP)
+        time.sleep(1.0)  # what is already in the sockets is read: PUBACKs by the edge, messages by the watcher
+        got = {json.loads(p)["seq"] for p in watcher.payloads(PLANT_1.telemetry)}
+        known = got | outbox_seqs(outbox_file)
+        if got and known == set(range(max(known) + 1)):
+            return
+        broker.process.send_signal(signal.SIGCONT)
+        time.sleep(0.5)
+    raise AssertionError("the broker never stood still with every acknowledged message delivered")
 
 
 def missing(got: dict[str, list[int]], total: int) -> dict[str, list[int]]:
@@ -312,9 +335,7 @@ def test_nothing_is_lost_across_a_stopped_and_a_killed_broker(broker: Broker, tm
         # crash loses what it acknowledged but had not delivered yet: no edge can prevent that.
         # Freeze it first (no more PUBACKs), let the watcher get everything acknowledged, then kill
         # it: the edge's part is what remains, its rows in flight and those queued meanwhile.
-        assert broker.process is not None
-        broker.process.send_signal(signal.SIGSTOP)
-        assert wait(lambda: telemetry_messages(watcher) == outbox.published, 30)
+        freeze_with_everything_acknowledged_delivered(broker, watcher, tmp_path / "edge.db.outbox")
         assert wait(lambda: outbox.queued > 0)  # samples still flow: the crash leaves the edge rows to send
         broker.stop(signal.SIGKILL)
         assert uplink.wait_state(UplinkState.OFFLINE, 20)
