@@ -3,28 +3,111 @@
 `EdgeUplink(edge, config, db_path)` builds the outbox (``<db>.outbox``), the telemetry batcher, the
 feed (subscribed at once, so no update of the running edge is missed), the command handler (its
 ledger in the edge database) and the config handler, and the `Uplink` that carries them. `start()`
-connects in the background; `close()` queues what the feed holds, publishes `offline` and
+connects in the background; `close()` queues what the feeds hold, publishes `offline` and
 disconnects. Command results and config statuses go through the outbox like telemetry.
+
+`EventFeed` sends the edge's event log (`emsbms.edge.events.EventLog`: EMCY, DM1, comm loss and
+recovery, alarms, bus states, command results) to `events`: the log's registry callbacks only append
+to its bounded inbox, and a writer thread drains it and puts one `events` message (its own `seq`
+stream) in the outbox per batch.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
+from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
 
 from emsbms.db.profiles import content_hash, document_of
 from emsbms.edge import Edge
+from emsbms.edge.events import Event, EventLog
 from emsbms.site.model import UplinkConfig
 from emsbms.uplink.client import Feed, Uplink
 from emsbms.uplink.commands import CommandHandler
 from emsbms.uplink.config import ConfigHandler
-from emsbms.uplink.messages import UPLINK_PREFIX, DeviceInfo, MessageKind, TelemetryBatcher, Topics, birth_payload
+from emsbms.uplink.messages import (
+    UPLINK_PREFIX,
+    Counter,
+    DeviceInfo,
+    MessageKind,
+    TelemetryBatcher,
+    Topics,
+    birth_payload,
+    events_payload,
+)
 from emsbms.uplink.outbox import Outbox, outbox_path
+
+log = logging.getLogger(__name__)
+
+MAX_EVENTS = 100
+"""Events per `events` message at most; more are split into several messages."""
 
 
 def _now_us() -> int:
     return time.time_ns() // 1000
+
+
+class EventFeed:
+    """The edge's event log → `events` messages in the outbox, with their own `seq` from 0.
+
+    `attach` watches the registry (the devices' CommState, alarms, EMCY and DM1 channels, each bus's
+    State) and the edge's command results; the callbacks only append to the log's bounded inbox, so
+    the receive path never waits. A writer thread drains the log every `every` seconds and puts the
+    new events in the outbox, then calls `wake`. `close` stops listening and sends what is left.
+    """
+
+    def __init__(self, edge: Edge, topics: Topics, session: int, outbox: Outbox,
+                 wake: Callable[[], None] = lambda: None, every: float = 0.2) -> None:
+        self.topics = topics
+        self.session = session
+        self.outbox = outbox
+        self.wake = wake
+        self.every = every
+        self.seq = Counter()
+        self.queued = 0  # events messages put in the outbox
+        self.log = EventLog()
+        self._cancel: list[Callable[[], None]] = [
+            s.cancel for s in self.log.attach(edge.registry, buses=[b.name for b in edge.site.buses])]
+        self._cancel.append(edge.on_command(self.log.post_command))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._write_loop, name="emsbms-uplink-events", daemon=True)
+        self._thread.start()
+
+    @property
+    def dropped(self) -> int:
+        """Registry updates the log's inbox dropped (nobody drained them in time)."""
+        return self.log.dropped
+
+    def flush(self, now_us: int) -> int:
+        """Drain the log and queue its new events; returns the number of messages queued."""
+        events = self.log.drain()
+        if not events:
+            return 0
+        batches: list[list[Event]] = [events[i:i + MAX_EVENTS] for i in range(0, len(events), MAX_EVENTS)]
+        self.outbox.put_many([(self.topics.events, events_payload(b, self.session, self.seq.next(), now_us),
+                               MessageKind.EVENTS.value) for b in batches], now_us)
+        self.queued += len(batches)
+        self.wake()
+        return len(batches)
+
+    def _write_loop(self) -> None:
+        while not self._stop.wait(self.every):
+            try:
+                self.flush(_now_us())
+            except Exception:
+                log.exception("uplink: the event feed could not queue events")
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop listening, stop the writer, queue what is left."""
+        for cancel in self._cancel:
+            cancel()
+        self._cancel = []
+        self._stop.set()
+        self._thread.join(timeout)
+        self.flush(_now_us())
 
 
 class EdgeUplink:
@@ -41,8 +124,9 @@ class EdgeUplink:
         self.config = ConfigHandler(edge, db_path)
         self.uplink = Uplink(config, self.topics, self.outbox, edge.registry, birth=self.birth,
                              on_command=self._command, on_config=self._config, on_birth=self.batcher.refresh,
-                             dropped=lambda: self.feed.dropped)
+                             dropped=lambda: self.feed.dropped + self.events.dropped)
         self.feed = Feed(edge.registry, self.batcher, self.outbox, wake=self.uplink.wake)
+        self.events = EventFeed(edge, self.topics, self.session, self.outbox, wake=self.uplink.wake)
 
     def birth(self, bd_seq: int) -> bytes:
         registry = self.edge.registry
@@ -68,6 +152,7 @@ class EdgeUplink:
 
     def close(self) -> None:
         self.feed.close()
+        self.events.close()
         self.uplink.stop()
         self.commands.close()
         self.outbox.close()
