@@ -21,7 +21,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,8 +35,8 @@ from emsbms.bench.uplink_cloud import CLOUD, Cloud, linked, ms_stats, ratio
 from emsbms.db import EdgeDb
 from emsbms.edge import Edge
 from emsbms.resources import data_dir
-from emsbms.site import parse_site
 from emsbms.sim.runner import Simulation
+from emsbms.site import parse_site
 from emsbms.types import CommandStatus, Reading
 
 GOAL_ADDED_P99_MS = 10.0
@@ -284,7 +284,7 @@ def run_config(switches: int = 20) -> UplinkConfigResult:
                     (remote if i % 2 == 0 else local).append((first.at - t0) * 1000.0)
                     if i % 2 == 0:
                         with cond:
-                            cond.wait_for(lambda: f"b{i}" in statuses, 10.0)
+                            cond.wait_for(lambda v=f"b{i}": v in statuses, 10.0)  # type: ignore[misc]
                     time.sleep(0.05)
                 applied = sum(1 for s in statuses.values() if s == "applied")
         finally:
