@@ -170,25 +170,6 @@ def test_a_bad_config_is_refused_with_its_reason_and_the_running_one_stays(
         assert [p.version for p in store.profiles.versions("pylon-lv")] == ["1.0.0"]
 
 
-def test_a_change_that_needs_a_restart_is_refused_whole_and_nothing_is_stored(tmp_path: Path) -> None:
-    with rig(tmp_path) as r:
-        handler = ConfigHandler(r.edge, r.db)
-        added = {**r.tables["device"][0], "name": "bms_1", "id_offset": 0x100, "profile": "pylon-lv@1.1.0"}
-        grown = status(handler.handle(r.payload("8", [{**r.tables["device"][0], "profile": "pylon-lv@1.1.0"}, added]),
-                                      now()))
-        bus = [{**r.tables["bus"][0], "bitrate": 250_000}]
-        device = {**r.tables["device"][0], "profile": "pylon-lv@1.1.0"}
-        body = {"version": "9", "site": {"bus": bus, "device": [device]}, "profiles": [profile_item(r.v2)]}
-        rebused = status(handler.handle(json.dumps(body).encode(), now()))
-        version = r.edge.profiles["bms_0"].version
-    assert grown["status"] == "failed"
-    assert grown["detail"] == ("config 8: device 'bms_1' is added: adding or removing a device needs a restart of"
-                               " the edge; the running configuration stays")
-    assert rebused["status"] == "failed"
-    assert rebused["detail"].startswith("config 9: bus 'can0' is changed: changing a bus needs a restart")
-    assert version == "1.0.0" and handler.applied() is None and stored_ref(r.db) == "pylon-lv@1.0.0"
-
-
 def test_a_version_applied_with_other_content_is_refused(tmp_path: Path) -> None:
     with rig(tmp_path) as r:
         handler = ConfigHandler(r.edge, r.db)

@@ -64,10 +64,8 @@ class Dispatcher:
         self.lock = threading.RLock()  # guards the adapters: frames, ticks and commands
         self.waiters: list[AckWaiter] = []
         self._table: dict[int, list[Adapter]] = {}
-        for a in self.adapters:
-            for key in a.frame_keys():
-                self._table.setdefault(key, []).append(a)
-        self._unmatched = [a for a in self.adapters if a.wants_unmatched]
+        self._unmatched: list[Adapter] = []
+        self._rebuild()
         self.unknown_ids = 0
         self.bad_frames = 0
         self.frames_ok = 0
@@ -293,13 +291,34 @@ class Dispatcher:
         """
         with self.lock:
             self.adapters[self.adapters.index(old)] = new
-            short, bad = old.counters()
-            self._retired = (self._retired[0] + short, self._retired[1] + bad)
-            table: dict[int, list[Adapter]] = {}
-            for a in self.adapters:
-                for key in a.frame_keys():
-                    table.setdefault(key, []).append(a)
-            self._table = table
-            self._unmatched = [a for a in self.adapters if a.wants_unmatched]
+            self._retire(old)
+            self._rebuild()
             if start:
                 self._emit(new.start(now_us()))
+
+    def add_adapter(self, new: Adapter, start: bool = True) -> None:
+        """Add a device to this bus, between two batches (a config from the cloud adds it)."""
+        with self.lock:
+            self.adapters.append(new)
+            self._rebuild()
+            if start:
+                self._emit(new.start(now_us()))
+
+    def remove_adapter(self, old: Adapter) -> None:
+        """Take a device off this bus: its frames are no longer decoded, it is no longer ticked."""
+        with self.lock:
+            self.adapters.remove(old)
+            self._retire(old)
+            self._rebuild()
+
+    def _retire(self, old: Adapter) -> None:
+        short, bad = old.counters()
+        self._retired = (self._retired[0] + short, self._retired[1] + bad)
+
+    def _rebuild(self) -> None:
+        table: dict[int, list[Adapter]] = {}
+        for a in self.adapters:
+            for key in a.frame_keys():
+                table.setdefault(key, []).append(a)
+        self._table = table
+        self._unmatched = [a for a in self.adapters if a.wants_unmatched]

@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +17,14 @@ from emsbms.db import load_stored_site
 from emsbms.edge.commands import CommandChannel
 from emsbms.edge.dispatch import Dispatcher, now_us
 from emsbms.edge.lock import EdgeLock
+from emsbms.edge.reconfig import SiteChange, plan_change
 from emsbms.edge.registry import Callback, Registry, Snapshot, Subscription
 from emsbms.errors import ConfigError, UnknownAddressError, UnsupportedError
 from emsbms.profile.models import Profile
 from emsbms.protocols import adapter_class
 from emsbms.protocols.base import Adapter
 from emsbms.site import Site, build_adapters, load_profiles, load_site
-from emsbms.types import ChannelKind, CommandResult, Reading, Sample
+from emsbms.types import ChannelInfo, ChannelKind, CommandResult, Reading, Sample
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,7 @@ class Edge:
         self.profiles = load_profiles(site)
         self.adapters = build_adapters(site, self.profiles)
         self.registry = Registry()
+        self._bus_factory, self._queue_size = bus_factory, queue_size
         self.runners: dict[str, BusRunner] = {
             b.name: BusRunner(b, bus_factory, queue_size=queue_size) for b in site.buses
         }
@@ -81,6 +84,8 @@ class Edge:
         self._activation_lock = threading.Lock()
         self._command_listeners: list[Callable[[CommandResult], None]] = []
         self.lock: EdgeLock | None = None  # the database's lock, when from_db took it (stop() releases it)
+        self.retired: set[str] = set()
+        """Addresses of removed devices and buses: still in the registry, marked stale, in no birth."""
 
     @classmethod
     def from_site(cls, path: str | Path, **kwargs: Any) -> Edge:
@@ -240,18 +245,23 @@ class Edge:
     # -- starting from the database, hot activation ------------------------------------------
 
     @classmethod
-    def from_db(cls, path: str | Path, lock: EdgeLock | None = None, **kwargs: Any) -> Edge:
+    def from_db(cls, path: str | Path, lock: EdgeLock | None = None, identity: Site | None = None,
+                **kwargs: Any) -> Edge:
         """Build an edge from the devices and buses commissioned in the database at `path`.
 
         Their profiles come from the database's profile store: no profile, DBC or EDS file is read.
         One edge per database: it takes the database's `EdgeLock` first (ConfigError naming the
         holder's PID if another edge has it) and holds it until `stop()` (released at once if the
         edge cannot be built). A caller that holds the lock already (`emsbms run`) hands it in as
-        `lock`, and releases it itself.
+        `lock`, and releases it itself. With `identity` (the edge's own site file), the site's org,
+        name and ``[uplink]`` come from it: the database holds buses and devices, no credentials.
         """
         held = EdgeLock.acquire(path) if lock is None else None
         try:
-            edge = cls(load_stored_site(path), **kwargs)
+            site = load_stored_site(path)
+            if identity is not None:
+                site = replace(site, org=identity.org, name=identity.name, uplink=identity.uplink)
+            edge = cls(site, **kwargs)
         except BaseException:
             if held is not None:
                 held.release()
@@ -322,3 +332,142 @@ class Edge:
             build_adapters(self.site, {**self.profiles, name: profile})
         except ConfigError as e:
             raise ConfigError(f"device {name!r}: profile {profile.name} {profile.version}: {e}") from e
+
+    # -- another site, hot (a configuration from the cloud) ------------------------------------
+
+    def apply_site(self, site: Site, profiles: dict[str, Profile]) -> SiteChange:
+        """Move the edge to `site`, each device on `profiles[device]`, changing only what differs.
+
+        Validated whole first (`build_adapters`: the site's own checks, and `plan_change`); a
+        refusal raises before anything changes. Then devices are removed, buses removed, changed
+        buses restarted (only those), devices added and profiles switched, while the other buses'
+        dispatchers keep running. Removed channels stay in the registry, marked stale, and are
+        listed in `retired`. A failure midway puts every touched bus back as it ran, and raises.
+        """
+        with self._activation_lock:
+            change = plan_change(self.site, self.profiles, site, profiles)
+            fresh = build_adapters(site, profiles)
+            before = (self.site, dict(self.profiles))
+            try:
+                self._carry_out(change, site, profiles, fresh)
+            except BaseException:
+                log.exception("moving to the new site failed midway; the buses it touched go back")
+                self._put_back(change, *before)
+                raise
+            self.site = site
+        return change
+
+    def _carry_out(self, change: SiteChange, site: Site, profiles: dict[str, Profile],
+                   fresh: dict[str, Adapter]) -> None:
+        for name in change.removed:
+            if name in self.adapters and self.adapters[name].device.bus in self.dispatchers:
+                self._remove_device(name)
+        for bus in change.removed_buses:
+            self._put_bus(bus, site, {})
+        for bus in (*change.restarted_buses, *change.added_buses):
+            self._put_bus(bus, site, fresh, profiles)
+        for name in change.added:
+            self._add_device(fresh[name], profiles[name])
+        for name in change.switched:
+            self._swap(name, fresh[name], profiles[name])
+
+    def _put_back(self, change: SiteChange, site: Site, profiles: dict[str, Profile]) -> None:
+        """Every bus `change` touches rebuilt as `site` ran it (fresh adapters), the others untouched."""
+        adapters = build_adapters(site, profiles)
+        touched = set(change.added_buses) | set(change.removed_buses) | set(change.restarted_buses)
+        touched |= {a.device.bus for n, a in adapters.items() if n in (*change.removed, *change.switched)}
+        touched |= {self.adapters[n].device.bus for n in change.added if n in self.adapters}
+        for bus in sorted(touched):
+            self._put_bus(bus, site, adapters, profiles)
+        for name in [n for n in self.adapters if n not in profiles]:
+            self.adapters.pop(name)
+            self.profiles.pop(name, None)
+            self.commands.pop(name, None)
+        self.site = site
+
+    def _stop_device(self, name: str) -> None:
+        """Stop a device's worker thread and mark its channels stale (they are no longer current)."""
+        if name in self._device_workers:
+            stop, thread = self._device_workers.pop(name)
+            stop.set()
+            thread.join(3.0)
+        self._retire([i.address for i in self.adapters[name].channels()])
+
+    def _retire(self, addresses: list[str]) -> None:
+        self.registry.apply((), addresses)
+        self.retired.update(addresses)
+
+    def _declare(self, infos: Sequence[ChannelInfo]) -> None:
+        self.registry.declare(infos)
+        self.retired.difference_update(i.address for i in infos)
+
+    def _remove_device(self, name: str) -> None:
+        adapter = self.adapters[name]
+        self.dispatchers[adapter.device.bus].remove_adapter(adapter)
+        self._stop_device(name)
+        del self.adapters[name], self.profiles[name], self.commands[name]
+        log.info("device %s: removed", name)
+
+    def _add_device(self, adapter: Adapter, profile: Profile) -> None:
+        name, dispatcher = adapter.device.name, self.dispatchers[adapter.device.bus]
+        self._declare(adapter.channels())
+        self.adapters[name], self.profiles[name] = adapter, profile
+        self.commands[name] = CommandChannel(adapter, dispatcher)
+        dispatcher.add_adapter(adapter, start=self._running)
+        if self._running and adapter.has_background:
+            self._start_worker(adapter)
+        log.info("device %s: added on bus %s (%s %s)", name, adapter.device.bus, profile.name, profile.version)
+
+    def _swap(self, name: str, new: Adapter, profile: Profile) -> None:
+        old = self.adapters[name]
+        dispatcher = self.dispatchers[old.device.bus]
+        self._declare(new.channels())
+        gone = sorted({i.address for i in old.channels()} - {i.address for i in new.channels()})
+        with dispatcher.lock:
+            new.take_over(old)
+            dispatcher.replace_adapter(old, new, start=self._running)
+        self.adapters[name], self.profiles[name] = new, profile
+        self.commands[name] = CommandChannel(new, dispatcher)
+        if gone:
+            self._retire(gone)
+        if name in self._device_workers:
+            stop, thread = self._device_workers.pop(name)
+            stop.set()
+            thread.join(3.0)
+        if self._running and new.has_background:
+            self._start_worker(new)
+        log.info("device %s: now on profile %s %s", name, profile.name, profile.version)
+
+    def _put_bus(self, bus: str, site: Site, adapters: dict[str, Adapter],
+                 profiles: dict[str, Profile] | None = None) -> None:
+        """Stop bus `bus` if it runs, then run it as `site` has it (if it has it) with its `adapters`."""
+        old = self.dispatchers.pop(bus, None)
+        if old is not None:
+            old.stop()
+            self.runners.pop(bus).close()
+            for a in old.adapters:
+                if self.adapters.get(a.device.name) is a:
+                    self._stop_device(a.device.name)
+                    del self.adapters[a.device.name], self.profiles[a.device.name], self.commands[a.device.name]
+            self._retire([i.address for i in old.channels()])
+        config = next((b for b in site.buses if b.name == bus), None)
+        if config is None:
+            log.info("bus %s: removed", bus)
+            return
+        mine = [a for a in adapters.values() if a.device.bus == bus]
+        runner = BusRunner(config, self._bus_factory, queue_size=self._queue_size)
+        dispatcher = Dispatcher(runner, mine, self.registry)
+        self._declare(dispatcher.channels())
+        for a in mine:
+            self._declare(a.channels())
+            self.adapters[a.device.name] = a
+            self.profiles[a.device.name] = (profiles or {})[a.device.name]
+            self.commands[a.device.name] = CommandChannel(a, dispatcher)
+        self.runners[bus], self.dispatchers[bus] = runner, dispatcher
+        if self._running:
+            runner.open()
+            dispatcher.start()
+            for a in mine:
+                if a.has_background:
+                    self._start_worker(a)
+        log.info("bus %s: (re)started with %d devices", bus, len(mine))

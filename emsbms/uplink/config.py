@@ -9,26 +9,28 @@ and publishes what it returns on ``config/status``. A payload (see docs/uplink.m
 
 Order: the payload is parsed; a version already applied answers ``applied`` again and changes
 nothing; the profiles are validated, the site is validated with the site file's own checks
-(`parse_site`, `build_adapters`: keys, types, interfaces, ID collisions, J1939 NAMEs); the change
-must be one the edge can make hot (the same buses, the same devices, other profile versions);
-then one database transaction stores the profiles, the site (pinned ``NAME@VERSION``) and the
-applied version while the devices are switched with `Edge.activate_profile`. Any failure switches
-back the devices already switched and rolls the transaction back: the running configuration and
-the database stay as they were.
+(`parse_site`, `build_adapters`: keys, types, interfaces, ID collisions, J1939 NAMEs); then one
+database transaction stores the profiles, the site (pinned ``NAME@VERSION``) and the applied
+version while `Edge.apply_site` moves the running edge there: devices added, removed or switched,
+buses added, removed or restarted (only those). Any failure puts the edge back and rolls the
+transaction back: the running configuration and the database stay as they were. `[site]` and
+`[uplink]` stay the edge's own (the cloud's configuration carries no credentials).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import sqlite3
+from contextlib import closing
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from emsbms.db import EdgeDb, split_ref, version_key
-from emsbms.db.profiles import content_hash, document_of
 from emsbms.edge.edge import Edge
+from emsbms.edge.reconfig import SiteChange
 from emsbms.errors import ConfigError, EmsbmsError
 from emsbms.profile.loader import parse_profile
 from emsbms.profile.models import Profile
@@ -148,45 +150,20 @@ def desired(payload: bytes, running: Site, db: EdgeDb) -> Desired:
     return Desired(version, payload_hash(data), site, profiles)
 
 
-def hot_problem(running: Site, want: Site) -> str | None:
-    """Why `want` cannot be applied in place to `running` (None: only profile versions differ)."""
-    old_buses = {b.name: b for b in running.buses}
-    new_buses = {b.name: b for b in want.buses}
-    for name in sorted(set(old_buses) | set(new_buses)):
-        if old_buses.get(name) != new_buses.get(name):
-            how = "added" if name not in old_buses else "removed" if name not in new_buses else "changed"
-            return f"bus {name!r} is {how}: changing a bus needs a restart of the edge"
-    old_devices = {d.name: d for d in running.devices}
-    new_devices = {d.name: d for d in want.devices}
-    for name in sorted(set(old_devices) | set(new_devices)):
-        old, new = old_devices.get(name), new_devices.get(name)
-        if old is None or new is None:
-            how = "added" if old is None else "removed"
-            return f"device {name!r} is {how}: adding or removing a device needs a restart of the edge"
-        if replace(old, profile="") != replace(new, profile=""):
-            return f"device {name!r}: settings other than its profile changed: that needs a restart of the edge"
-    return None
-
-
-def _identity(p: Profile) -> str:
-    return content_hash(document_of(p), p.source_text)
-
-
 class ConfigHandler:
     """``handle(payload, now_us) -> bytes``: the `config/status` to publish for one `config` message."""
 
     def __init__(self, edge: Edge, db_path: str | Path) -> None:
         self.edge = edge
         self.db_path = Path(db_path)
-        self.activations = 0  # devices switched by this handler (a repeated version adds none)
+        self.activations = 0  # devices switched, added or removed by this handler (a repeated version adds none)
+        self.structural_changes = 0  # applied versions that added or removed channels or buses (a new birth)
         with EdgeDb(self.db_path) as db:
             db.db.execute(_SCHEMA)
 
     def applied(self) -> tuple[str, str] | None:
         """(version, hash) of the configuration applied last, or None."""
-        with EdgeDb(self.db_path) as db:
-            row = db.db.execute("SELECT version, hash FROM uplink_config WHERE key = 'applied'").fetchone()
-        return None if row is None else (str(row[0]), str(row[1]))
+        return applied_version(self.db_path)
 
     def handle(self, payload: bytes, now_us: int) -> bytes:
         try:
@@ -205,19 +182,17 @@ class ConfigHandler:
             return Status(version, ConfigStatus.APPLIED, f"version {version} is applied already; nothing changed")
         with EdgeDb(self.db_path) as db:
             want = desired(payload, self.edge.site, db)
-            problem = hot_problem(self.edge.site, want.site)
-            if problem is not None:
-                raise ConfigError(f"config {version}: {problem}")
-            switch = sorted(n for n, p in want.profiles.items() if _identity(p) != _identity(self.edge.profiles[n]))
-            return self._apply(db, want, switch, now_us)
+            return self._apply(db, want, now_us)
 
-    def _apply(self, db: EdgeDb, want: Desired, switch: list[str], now_us: int) -> Status:
-        before = {n: self.edge.profiles[n] for n in switch}
-        done: list[str] = []
+    def _apply(self, db: EdgeDb, want: Desired, now_us: int) -> Status:
+        running = self.edge.site
+        target = replace(want.site, org=running.org, name=running.name, uplink=running.uplink, path=running.path)
+        before = (running, dict(self.edge.profiles))
         pinned = [replace(d, profile=f"{want.profiles[d.name].name}@{want.profiles[d.name].version}")
                   for d in want.site.devices]
-        stored = Site(org=want.site.org, name=want.site.name, buses=want.site.buses, devices=pinned,
+        stored = Site(org=running.org, name=running.name, buses=want.site.buses, devices=pinned,
                       extra=want.site.extra, source=want.site.source)
+        change: SiteChange | None = None
         try:
             with db.transaction():
                 unique = {id(p): p for p in want.profiles.values()}.values()
@@ -225,21 +200,43 @@ class ConfigHandler:
                 db.site.replace(stored)
                 db.db.execute("INSERT OR REPLACE INTO uplink_config (key, version, hash, applied_us)"
                               " VALUES ('applied', ?, ?, ?)", [want.version, want.hash, now_us])
-                for name in switch:
-                    try:
-                        self.edge.activate_profile(want.profiles[name], [name])
-                    except EmsbmsError as e:
-                        raise ConfigError(f"config {want.version}: {e}") from e
-                    done.append(name)
+                try:
+                    change = self.edge.apply_site(target, want.profiles)  # goes back itself if it fails
+                except EmsbmsError as e:
+                    raise ConfigError(f"config {want.version}: {e}") from e
         except BaseException:
-            for name in reversed(done):
-                self.edge.activate_profile(before[name], [name])
+            if change is not None:  # applied, then the commit failed: the edge goes back too
+                self.edge.apply_site(*before)
             raise
-        self.activations += len(done)
-        detail = (f"version {want.version} applied: " + ", ".join(
-            f"{n} -> {want.profiles[n].name} {want.profiles[n].version}" for n in done)) if done else (
-            f"version {want.version} applied: every device runs its profile already")
-        return Status(want.version, ConfigStatus.APPLIED, detail, tuple(done))
+        self.activations += len(change.switched) + len(change.added) + len(change.removed) + len(change.fresh)
+        self.structural_changes += int(change.structural)
+        return Status(want.version, ConfigStatus.APPLIED, _detail(want, change), change.switched)
+
+
+def _detail(want: Desired, change: SiteChange) -> str:
+    parts = [f"{n} -> {want.profiles[n].name} {want.profiles[n].version}" for n in change.switched]
+    parts += [f"bus {b} added" for b in change.added_buses]
+    parts += [f"bus {b} removed" for b in change.removed_buses]
+    parts += [f"bus {b} restarted" for b in change.restarted_buses]
+    parts += [f"{n} removed" for n in change.removed]
+    parts += [f"{n} added ({want.profiles[n].name} {want.profiles[n].version})" for n in change.added]
+    parts += [f"{n} on {want.profiles[n].name} {want.profiles[n].version} (bus {d.bus})"
+              for n in change.fresh for d in want.site.devices if d.name == n]
+    if not parts:
+        return f"version {want.version} applied: every device runs its profile already"
+    return f"version {want.version} applied: " + ", ".join(parts)
+
+
+def applied_version(db_path: str | Path) -> tuple[str, str] | None:
+    """(version, hash) of the last configuration applied from the cloud, or None (read only)."""
+    if not Path(db_path).is_file():
+        return None
+    with closing(sqlite3.connect(db_path)) as conn:
+        found = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'uplink_config'")
+        if found.fetchone() is None:
+            return None
+        row = conn.execute("SELECT version, hash FROM uplink_config WHERE key = 'applied'").fetchone()
+    return None if row is None else (str(row[0]), str(row[1]))
 
 
 def _version_of(payload: bytes) -> str | None:
