@@ -1,0 +1,96 @@
+"""`emsbms cloud serve`: the database (migrated, pooled), the MQTT publisher, ingest and the HTTP API in one process.
+
+`CloudService` is what the API needs: per-organisation transactions, token checks, publishing, site
+credentials, and the futures of commands in flight (fed by the publisher's own `cmd/result`
+subscription). `HttpServer` runs uvicorn on a thread (the CLI and the tests use it alike).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from contextlib import AbstractContextManager
+from typing import Any
+
+import uvicorn
+from psycopg import Connection
+
+from emsbms.cloud import database
+from emsbms.cloud.api import create_app
+from emsbms.cloud.commands import Waiters
+from emsbms.cloud.publisher import Publisher
+from emsbms.cloud.repository import ApiError, shipped_profiles
+from emsbms.errors import EmsbmsError
+
+log = logging.getLogger(__name__)
+
+
+class SiteAdmin:
+    """What `POST /sites` needs of the broker: `add_site(org, site) -> (username, password)`."""
+
+    def add_site(self, org: str, site: str) -> tuple[str, str]:
+        raise ApiError(503, "site", "site: this broker has no dynamic security plugin; its users and ACLs are"
+                                    " static: add the site's edge user to its password and ACL files")
+
+
+class CloudService:
+    """The database, the broker connection and the command futures behind the API."""
+
+    def __init__(self, db: database.Database, broker_url: str, admin: Any = None) -> None:
+        self.db = db
+        self.admin = admin if admin is not None else SiteAdmin()
+        self.shipped = shipped_profiles()
+        self.waiters = Waiters()
+        self.publisher = Publisher(broker_url, self._result)
+
+    def start(self) -> None:
+        self.publisher.start()
+
+    def stop(self) -> None:
+        self.publisher.stop()
+
+    def org(self, org: str) -> AbstractContextManager[Connection[Any]]:
+        return self.db.org(org)
+
+    def check_token(self, org: str, token: str) -> bool:
+        return database.check_token(self.db, org, token)
+
+    def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
+        self.publisher.publish(topic, payload, retain=retain)
+
+    def add_site(self, org: str, site: str) -> tuple[str, str]:
+        username, password = self.admin.add_site(org, site)
+        return str(username), str(password)
+
+    def _result(self, org: str, site: str, payload: bytes) -> None:
+        self.waiters.feed(payload)
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise EmsbmsError(f"--listen: expected HOST:PORT like 127.0.0.1:8080, found {text!r}")
+    return host, int(port)
+
+
+class HttpServer:
+    """uvicorn serving `create_app(service)` on a thread of its own."""
+
+    def __init__(self, service: CloudService, host: str, port: int) -> None:
+        config = uvicorn.Config(create_app(service), host=host, port=port, log_level="warning", access_log=False)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, name="emsbms-cloud-http", daemon=True)
+        self.url = f"http://{host}:{port}"
+
+    def start(self, timeout: float = 20.0) -> None:
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise EmsbmsError(f"--listen: the HTTP server did not start on {self.url}")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(20)
