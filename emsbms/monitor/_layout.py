@@ -20,6 +20,7 @@ from emsbms.monitor._history import History
 from emsbms.monitor._model import DeviceMeta, Filters, FrameRow, Scene, Show, View, classify
 from emsbms.monitor._panes import Column, bus_columns, bus_pane, device_pane, device_width, event_pane
 from emsbms.monitor._text import count, fit
+from emsbms.monitor._uplink import uplink_pane
 from emsbms.types import Reading
 
 SIDE_BY_SIDE_MIN = 78
@@ -73,6 +74,8 @@ def render_scene(scene: Scene, width: int, height: int, filters: Filters, title:
     if not scene.snapshot:
         lines.append(Text(fit("waiting for data…", width), style="dim"))
         return _group(lines, width, height)
+    uplink = uplink_pane(view, width)  # between the panes and the channel table, when there is an uplink
+    body -= len(uplink)
     pane_rows = max(1, min(max(len(view.buses), len(view.devices), 1), max(2, body // 3)))
     event_rows = max(2, min(12, height // 7))
     mode = _mode(width)
@@ -92,6 +95,7 @@ def render_scene(scene: Scene, width: int, height: int, filters: Filters, title:
             event_rows += spare
     panes = _panes(scene, view, width, height, pane_rows, event_rows, mode)
     lines.extend(panes)
+    lines.extend(uplink)
     columns, _ = _table_shape(view, width, body - len(panes))
     lines.extend(_channels(scene, view, width, body - len(panes), columns, filters.page))
     return _group(lines, width, height)

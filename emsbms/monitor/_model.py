@@ -14,6 +14,9 @@ from emsbms.types import Quality, Reading, Value
 BUS_MARKER = "RxFrames"
 """A prefix that publishes this channel is a bus; every other prefix is a device."""
 
+UPLINK_PREFIX = "uplink"
+"""The uplink's counters (``uplink/State``, ``uplink/Queued``...): the uplink pane, not a device."""
+
 DEVICE_PANE_CHANNELS = ("CommState", "LastSeen")
 """Shown in the device pane, so left out of the channel table."""
 
@@ -122,6 +125,7 @@ class View:
     devices: list[str]
     channels: dict[str, list[tuple[str, Reading]]]  # device -> [(name, reading)], in display order
     events: list[Event]
+    uplink: dict[str, Reading] = field(default_factory=dict)  # the uplink's counters by name; {} without one
 
 
 def level(value: Value) -> int:
@@ -154,6 +158,7 @@ def classify(scene: Scene, filters: Filters) -> View:
     for address, reading in scene.snapshot.items():
         prefix, _, name = address.partition("/")
         prefixes.setdefault(prefix, []).append((name, reading))
+    uplink = dict(prefixes.pop(UPLINK_PREFIX, []))
     buses = sorted(p for p, rows in prefixes.items() if any(n == BUS_MARKER for n, _ in rows))
     bus_of = {name: meta.bus for name, meta in scene.devices.items()}
     devices = sorted((p for p in prefixes if p not in buses and filters.device(p)),
@@ -168,4 +173,4 @@ def classify(scene: Scene, filters: Filters) -> View:
     shown_buses = [b for b in buses if filters.bus(b)]
     sources = set(devices) | set(shown_buses)
     events = [e for e in scene.events if not filters.narrowed or e.source in sources]
-    return View(shown_buses, devices, channels, events)
+    return View(shown_buses, devices, channels, events, uplink)
