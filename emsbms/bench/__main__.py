@@ -1,7 +1,8 @@
 """`python -m emsbms.bench [--json FILE] [--quick] [--only NAME ...]`: run the scenarios, print tables.
 
 Scenarios: decode, capacity (the edge alone, frames put into its queues), e2e (virtual buses),
-udp (udp_multicast, generator in another process), devices, commands, startup. ``--quick`` runs
+udp (udp_multicast, generator in another process), devices, commands, startup, and the uplink through a
+real Mosquitto (uplink-commands, uplink-config, uplink-telemetry). ``--quick`` runs
 each one tiny (what the tests do).
 """
 
@@ -22,10 +23,11 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from emsbms.bench import commands, decode, devices, e2e, startup
+from emsbms.bench import commands, decode, devices, e2e, startup, uplink_scenarios
 from emsbms.bench.measure import cores
 
-SCENARIOS = ("decode", "capacity", "e2e", "udp", "devices", "commands", "startup")
+SCENARIOS = ("decode", "capacity", "e2e", "udp", "devices", "commands", "startup", "uplink-commands",
+             "uplink-config", "uplink-telemetry")
 
 
 class _CountingHandler(logging.Handler):
@@ -148,6 +150,12 @@ def main(argv: list[str] | None = None) -> int:
         "devices": ("Device count, 4 buses, mixed protocols", lambda: _devices(q, d)),
         "commands": ("Command round trip, edge vs the bare libraries", lambda: _commands(q)),
         "startup": ("Start-up, cold", lambda: _startup(q)),
+        "uplink-commands": ("Uplink: cmd → cmd/result through Mosquitto vs a local edge.write",
+                            lambda: uplink_scenarios.commands(q)),
+        "uplink-config": ("Uplink: config (profile switch) → first sample under it, vs the local handler",
+                          lambda: uplink_scenarios.config(q)),
+        "uplink-telemetry": ("Uplink: telemetry, backlog drain and CPU, 128 devices (quick: 4)",
+                             lambda: uplink_scenarios.telemetry(q, d)),
     }
     doc: dict[str, Any] = {
         "cores": cores(), "python": platform.python_version(), "platform": platform.platform(),

@@ -293,10 +293,3 @@ def run_config(switches: int = 20) -> UplinkConfigResult:
     l50, l99 = ms_stats(local)
     return UplinkConfigResult(switches, applied, local_applied, p50, p99, round(max(remote), 2) if remote else None,
                               l50, l99)
-
-
-def run(quick: bool = False) -> dict[str, list[dict[str, Any]]]:
-    """Both scenarios of this module, as dicts."""
-    return {"commands": [r.as_dict() for r in run_commands(2 if quick else 30)],
-            "config": [run_config(2 if quick else 20).as_dict()]}
-

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -35,8 +36,6 @@ OnMessage = Callable[[str, bytes, int], None]  # (topic, payload, arrived µs si
 
 
 def _now_us() -> int:
-    import time
-
     return time.time_ns() // 1000
 
 
@@ -61,12 +60,13 @@ def edge_user(topics: Topics) -> BrokerUser:
 
 
 @contextmanager
-def linked(edge: Edge, folder: Path, db: Path | None = None) -> Iterator[tuple[Broker, EdgeUplink]]:
+def linked(edge: Edge, folder: Path, db: Path | None = None,
+           persistence: bool = False) -> Iterator[tuple[Broker, EdgeUplink]]:
     """A broker in `folder` and the edge's uplink on it, online; both stopped afterwards."""
     require_mosquitto()
     topics = Topics(edge.site.org, edge.site.name)
     user = edge_user(topics)
-    broker = Broker(folder / "broker", [user, CLOUD], persistence=False)
+    broker = Broker(folder / "broker", [user, CLOUD], persistence=persistence)
     broker.start()
     link: EdgeUplink | None = None
     try:
@@ -82,13 +82,17 @@ def linked(edge: Edge, folder: Path, db: Path | None = None) -> Iterator[tuple[B
 
 
 class Cloud:
-    """The cloud's side: subscribes to `topics` (QoS 1) on every connect, hands each message to `on_message`."""
+    """The cloud's side: subscribes to `topics` (QoS 1) on every connect, hands each message to `on_message`.
 
-    def __init__(self, broker: Broker, user: BrokerUser, topics: list[str], on_message: OnMessage) -> None:
+    A `persistent` client keeps its session on the broker: what arrives while it is away is kept for it.
+    """
+
+    def __init__(self, broker: Broker, user: BrokerUser, topics: list[str], on_message: OnMessage,
+                 persistent: bool = False) -> None:
         self.topics = topics
         self.subscribed = threading.Event()
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-cloud-{uuid.uuid4().hex[:8]}",
-                                  protocol=mqtt.MQTTv311, clean_session=True)
+                                  protocol=mqtt.MQTTv311, clean_session=not persistent)
         self.client.username_pw_set(user.name, user.password)
         self.client.reconnect_delay_set(min_delay=1, max_delay=1)
         self.client.on_socket_open = self._socket_open
