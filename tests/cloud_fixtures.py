@@ -1,6 +1,6 @@
 """Fixtures for the cloud tests: a real PostgreSQL (emsbms/cloud/pgserver.py) and fresh databases.
 
-Import them into a test module: ``from tests.cloud_fixtures import cloud_db, pg  # noqa: F401``.
+Load them in a test module with ``pytest_plugins = ["tests.cloud_fixtures"]``.
 
 - `pg`: one `PgServer` for the whole session (its `url` is the service role's database `emsbms`,
   `admin_url` the superuser's; `url_for(name)`/`admin_url_for(name)` for another database).

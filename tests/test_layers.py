@@ -27,7 +27,9 @@ ALLOWED: dict[str, set[str]] = {
     "edge": {"can", "profile", "protocols", "site", "db"},
     "commissioning": {"can", "profile", "protocols", "site", "db", "edge"},
     "uplink": {"can", "profile", "protocols", "site", "db", "edge"},
-    "tools": {"can", "profile", "protocols", "site", "db", "edge", "commissioning", "uplink", "tools", "api"},
+    "cloud": {"can", "profile", "protocols", "site", "db", "uplink"},  # the service; nothing below imports it
+    "tools": {"can", "profile", "protocols", "site", "db", "edge", "commissioning", "uplink", "cloud", "tools",
+              "api"},
     "api": {"can", "profile", "protocols", "site", "db", "edge", "commissioning", "uplink", "tools"},
 }
 
@@ -165,3 +167,11 @@ def test_the_layers_of_known_modules() -> None:
                                "emsbms")] == ["can", "profile", "protocols", "site", "edge", "tools", "base", "api"]
     assert imports("emsbms.profile.loader") >= {"emsbms.profile.checks", "emsbms.profile.models"}
     assert "emsbms.protocols" not in imports("emsbms.profile.loader")
+
+
+def test_only_the_tools_may_import_the_cloud() -> None:
+    # the edge stays lean: the cloud (psycopg, FastAPI) is an extra that no layer below the tools loads
+    assert sorted(k for k, allowed in ALLOWED.items() if "cloud" in allowed) == ["tools"]
+    assert layer("emsbms.cloud.database") == "cloud"
+    assert sorted(f"{m} imports {d}" for m, deps in GRAPH.items() if layer(m) not in {"cloud", "tools"}
+                  for d in deps if layer(d) == "cloud") == []

@@ -48,6 +48,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "decommission": ("emsbms.cli.devices", "decommission_command", "Remove a commissioned device from the database."),
     "devices": ("emsbms.cli.devices", "app", "The devices commissioned in the database."),
     "site": ("emsbms.cli.site", "app", "Import a site TOML file into the database, or export the stored site."),
+    "cloud": ("emsbms.cloud.cli", "app", "The cloud service (the cloud extra): database, organisations, API."),
 }
 """Every command: (module, attribute: a command function or a Typer of subcommands, one-line help)."""
 

@@ -131,8 +131,12 @@ $$;
 
 ALTER TABLE profiles ENABLE ROW LEVEL SECURITY;
 ALTER TABLE profiles FORCE ROW LEVEL SECURITY;
-CREATE POLICY shipped_or_own ON profiles USING (org_id IS NULL OR org_id = current_setting('app.org_id', true))
-    WITH CHECK (org_id = current_setting('app.org_id', true));  -- org_id NULL never passes: shipped rows are read-only
+-- Reading: shipped (org_id NULL) or own. Writing, updating, deleting: own only (policies of one
+-- command are OR-ed, so the shipped rows are invisible to UPDATE and DELETE, and refused to INSERT).
+CREATE POLICY read_shipped_or_own ON profiles FOR SELECT
+    USING (org_id IS NULL OR org_id = current_setting('app.org_id', true));
+CREATE POLICY org_only ON profiles USING (org_id = current_setting('app.org_id', true))
+    WITH CHECK (org_id = current_setting('app.org_id', true));
 
 -- Telemetry: native daily range partitions on ts (emsbms.cloud.database.ensure_partitions makes them
 -- ahead, with the same RLS; retention drops whole partitions). With the timescaledb extension created
