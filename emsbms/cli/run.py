@@ -15,6 +15,7 @@ from emsbms.edge.lock import EdgeLock
 from emsbms.edge.store import DEFAULT_MAX_AGE_S, DEFAULT_MAX_BYTES, Retention, RunLog
 from emsbms.edge.watch import ProfileWatcher
 from emsbms.errors import ConfigError
+from emsbms.site import Site
 
 if TYPE_CHECKING:
     from emsbms.uplink.link import EdgeUplink
@@ -63,10 +64,8 @@ def command(
     retention = Retention(max_age_s=parse_age(log_max_age), max_bytes=int(log_max_mb * (1 << 20)))
     lock = EdgeLock.acquire(path)  # before the edge exists: a second edge never opens a bus
     try:
-        site = state(ctx).load_site(db=path)
-        # without --site the edge comes from the database: it gets the lock this process holds
-        edge = Edge(site) if state(ctx).site is not None else Edge.from_db(path, lock=lock)
-        runlog = RunLog(path, site=site.name, retention=retention, lock=lock)
+        edge = start_edge(state(ctx).load_site(db=path), state(ctx).site is not None, path, lock)
+        runlog = RunLog(path, site=edge.site.name, retention=retention, lock=lock)
         _run(edge, runlog, path, duration)
     finally:
         lock.release()
@@ -74,16 +73,47 @@ def command(
         f" write errors, {runlog.pruned} old rows deleted")
 
 
+def start_edge(site: Site, from_file: bool, path: Path, lock: EdgeLock) -> Edge:
+    """The edge `run` starts: the configuration last applied from the cloud when the database has one,
+    else the site file (`from_file`), else the database's commissioned site.
+
+    `[site]` and `[uplink]` always come from the site file (the cloud's configuration carries no
+    credentials). The edge from the database gets the lock this process holds.
+    """
+    from emsbms.uplink.config import applied_version  # no paho: the config module does no MQTT
+
+    if not from_file:
+        return Edge.from_db(path, lock=lock)
+    applied = applied_version(path)
+    if applied is None:
+        return Edge(site)
+    log.warning("run: starting from configuration %s applied from the cloud (stored in %s); [site] and [uplink]"
+                " from %s", applied[0], path, site.label)
+    return Edge.from_db(path, lock=lock, identity=site)
+
+
 def _run(edge: Edge, runlog: RunLog, path: Path, duration: float | None) -> None:
-    watcher = ProfileWatcher(path, edge, on_activate=lambda _: runlog.declare(
-        edge.registry.info(a) for a in edge.registry.addresses()))  # profiles imported while it runs
+    watcher = ProfileWatcher(path, edge, on_activate=lambda _: declare())  # profiles imported while it runs
+    known = 0
+
+    def declare() -> None:  # the channels of devices added (from the cloud or by activation) go to the run log
+        nonlocal known
+        addresses = edge.registry.addresses()
+        known = len(addresses)
+        runlog.declare(edge.registry.info(a) for a in addresses)
+
+    def tick() -> None:
+        watcher.poll()
+        if len(edge.registry.addresses()) != known:
+            declare()
+
     link: EdgeUplink | None = None
     try:
         if edge.site.uplink is not None:  # before the run log's declare: the uplink's channels are logged too
             from emsbms.uplink.link import EdgeUplink  # paho-mqtt is loaded only for a site with an [uplink]
 
             link = EdgeUplink(edge, edge.site.uplink, path)
-        runlog.declare(edge.registry.info(a) for a in edge.registry.addresses())
+        declare()
         subscription = edge.subscribe("*", runlog.record)
         with stop_signals() as stop, edge:
             err(f"run: {len(edge.site.devices)} devices on {len(edge.site.buses)} buses; logging to {path}"
@@ -92,7 +122,7 @@ def _run(edge: Edge, runlog: RunLog, path: Path, duration: float | None) -> None
                 link.start()
                 err(f"run: uplink to {link.uplink.config.url} as {link.uplink.config.username!r} on"
                     f" {link.uplink.topics.root}#")
-            run_until(stop, duration, tick=watcher.poll)
+            run_until(stop, duration, tick=tick)
         subscription.cancel()
     finally:
         if link is not None:

@@ -135,7 +135,8 @@ class EdgeUplink:
             p = self.edge.profiles[d.name]
             devices.append(DeviceInfo(d.name, d.bus, p.protocol, p.name, p.version,
                                       content_hash(document_of(p), p.source_text)))
-        return birth_payload([registry.info(a) for a in registry.addresses()], devices, version("emsbms"), bd_seq,
+        live = [a for a in registry.addresses() if a not in self.edge.retired]  # removed devices are in no birth
+        return birth_payload([registry.info(a) for a in live], devices, version("emsbms"), bd_seq,
                              self.session, _now_us())
 
     def _command(self, payload: bytes) -> None:
@@ -144,8 +145,12 @@ class EdgeUplink:
             self.uplink.send(self.topics.cmd_result, result, MessageKind.CMD_RESULT.value)
 
     def _config(self, payload: bytes) -> None:
+        structural = self.config.structural_changes
         status = self.config.handle(payload, _now_us())
         self.uplink.send(self.topics.config_status, status, MessageKind.CONFIG_STATUS.value)
+        if self.config.structural_changes != structural:  # devices or buses came or went: a new birth lists them
+            self.uplink.client.publish(self.topics.birth, self.birth(self.uplink.bd_seq), qos=1)
+            self.batcher.refresh()
 
     def start(self) -> None:
         self.uplink.start()
