@@ -86,7 +86,8 @@ def rig(tmp_path: Path, *devices: dict[str, Any]) -> Iterator[Rig]:
           can.Bus(interface="virtual", channel=channel1) as node1,
           can.Bus(interface="virtual", channel=channel0) as listener):
         threads = [threading.Thread(target=send, args=(node0, [0x355, 0x455])),
-                   threading.Thread(target=send, args=(node1, [0x355])), threading.Thread(target=listen, args=(listener,))]
+                   threading.Thread(target=send, args=(node1, [0x355])),
+                   threading.Thread(target=listen, args=(listener,))]
         for t in threads:
             t.start()
         try:
