@@ -46,12 +46,12 @@ class Waiters:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._futures: dict[str, tuple[Future[dict[str, Any]], float]] = {}
+        self._futures: dict[str, Future[dict[str, Any]]] = {}
 
     def expect(self, command_id: str) -> Future[dict[str, Any]]:
         future: Future[dict[str, Any]] = Future()
         with self._lock:
-            self._futures[command_id] = (future, 0.0)
+            self._futures[command_id] = future
         return future
 
     def forget(self, command_id: str) -> None:
@@ -67,10 +67,10 @@ class Waiters:
         if not isinstance(data, dict) or not isinstance(data.get("id"), str):
             return False
         with self._lock:
-            entry = self._futures.pop(data["id"], None)
-        if entry is None:
+            future = self._futures.pop(data["id"], None)
+        if future is None:
             return False
-        entry[0].set_result(data)
+        future.set_result(data)
         return True
 
 

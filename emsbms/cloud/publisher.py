@@ -12,7 +12,7 @@ import threading
 import uuid
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -39,7 +39,7 @@ class Publisher:
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"emsbms-cloud-{uuid.uuid4().hex[:8]}",
                                   protocol=mqtt.MQTTv311, clean_session=True)
         if parts.username:
-            self.client.username_pw_set(parts.username, parts.password)
+            self.client.username_pw_set(unquote(parts.username), unquote(parts.password or ""))
         self.client.reconnect_delay_set(min_delay=1, max_delay=8)
         self.client.on_socket_open = self._socket_open
         self.client.on_connect = self._connected

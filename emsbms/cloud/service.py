@@ -8,6 +8,8 @@ subscription). `HttpServer` runs uvicorn on a thread (the CLI and the tests use 
 from __future__ import annotations
 
 import logging
+import signal
+import socket
 import threading
 import time
 from contextlib import AbstractContextManager
@@ -18,7 +20,9 @@ from psycopg import Connection
 
 from emsbms.cloud import database
 from emsbms.cloud.api import create_app
+from emsbms.cloud.broker_admin import BrokerAdmin, BrokerAdminError
 from emsbms.cloud.commands import Waiters
+from emsbms.cloud.ingest import Ingest, broker_login
 from emsbms.cloud.publisher import Publisher
 from emsbms.cloud.repository import ApiError, shipped_profiles
 from emsbms.errors import EmsbmsError
@@ -94,3 +98,51 @@ class HttpServer:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(20)
+
+
+def broker_admin(url: str, username: str, password: str) -> BrokerAdmin | None:
+    """The dynamic security admin with the service role ensured, or None for a broker without the plugin
+    (static password and ACL files: sites are then added to those files by hand)."""
+    try:
+        admin = BrokerAdmin(url, username, password, timeout=3.0)
+    except BrokerAdminError as e:
+        log.warning("broker admin: %s", e)
+        return None
+    try:
+        admin.command("getDefaultACLAccess")
+    except BrokerAdminError as e:
+        admin.close()
+        log.warning("the broker has no dynamic security plugin (%s): static users and ACLs; POST /sites answers"
+                    " 503", e)
+        return None
+    admin.ensure_service_role(username)
+    return admin
+
+
+def serve(database_url: str, broker_url: str, listen: str, stop: threading.Event | None = None) -> None:
+    """Migrate, then run the publisher, ingest and the HTTP API until `stop` (or SIGTERM/SIGINT)."""
+    host, port = parse_listen(listen)
+    url, username, password = broker_login(broker_url)
+    stop = stop or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+    database.migrate(database_url)
+    db = database.Database(database_url)
+    admin = broker_admin(url, username, password)
+    service = CloudService(db, broker_url, admin)
+    ingest = Ingest(db, url, username, password, client_id=f"emsbms-serve-{socket.gethostname()}-{port}")
+    http = HttpServer(service, host, port)
+    try:
+        service.start()
+        ingest.start()
+        http.start()
+        log.info("emsbms cloud serve: listening on %s", http.url)
+        stop.wait()
+    finally:
+        http.stop()
+        ingest.stop()
+        service.stop()
+        if admin is not None:
+            admin.close()
+        db.close()
