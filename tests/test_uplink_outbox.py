@@ -139,3 +139,32 @@ def test_a_sigkill_loses_no_row_whose_put_returned(tmp_path: Path) -> None:
     assert set(returned) == set(range(1, len(returned) + 1))
     with Outbox(path) as box:
         assert box.queued == len(stored)
+
+
+HANDER = """
+import sys, time
+from emsbms.uplink.outbox import Outbox
+box = Outbox(sys.argv[1])
+rows = box.pending(10, 100 * 1_000_000)
+box.done([rows[0].id])
+print(" ".join(str(r.id) for r in rows), flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_restarted_process_hands_out_every_row_again(tmp_path: Path) -> None:
+    path = tmp_path / "edge.db.outbox"
+    with Outbox(path) as box:  # 1-3 a backlog (100 s old), 4-5 live
+        for i in range(5):
+            box.put("ems/a/b/telemetry", payload(i), "telemetry", (i * 50 if i < 3 else 99_000) * 1000)
+    proc = subprocess.Popen([sys.executable, "-c", HANDER, str(path)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    first = proc.stdout.readline().split()
+    os.kill(proc.pid, signal.SIGKILL)  # row 4 acknowledged; 1, 5, 2, 3 handed out, never acknowledged
+    proc.wait()
+    assert first == ["4", "1", "5", "2", "3"]
+    with Outbox(path) as box:  # the edge restarted: nothing is in flight, every row left goes again
+        rows = box.pending(10, 100 * S)
+        assert [(r.id, r.historical) for r in rows] == [(5, False), (1, True), (2, True), (3, True)]
+        assert rows[1].payload == b'{"historical":true,"n":0}'
+        assert box.pending(10, 100 * S) == []  # and once only, until a PUBACK or another restart

@@ -6,7 +6,14 @@ and deleted only after the broker's PUBACK.
     rows = box.pending(100, now_us)                      # live first, then backlog, interleaved
     ... publish each row (QoS 1) ...
     box.done([row.id])                                   # on its PUBACK
-    box.release()                                        # on a disconnect: unacked rows go again
+    box.release([row.id])                                # only if the client refused to take it
+
+**Handed out once per process.** `pending` marks the rows it hands out as in flight, in memory, and
+never hands them out again in this process: a row stays until `done` (its PUBACK). The transport
+(`client.py`) does not release rows when the link drops: paho keeps QoS 1 messages in its session
+and sends them again, flagged DUP, on the reconnect. It releases a row only when paho refused to
+queue it (``MQTT_ERR_QUEUE_SIZE``). A new process (an edge restart) starts with nothing in flight,
+so it hands out every row the file holds again.
 
 The outbox is its own SQLite file beside the edge database (`outbox_path`: ``<db>.outbox``), in WAL
 mode, so that its many small commits never wait for the run log, and its quota counts the outbox
@@ -165,7 +172,8 @@ class Outbox:
     def pending(self, limit: int, now_us: int) -> list[Row]:
         """Up to `limit` rows not yet handed out, in the order to publish them: live and backlog
         rows alternate (live first), each oldest first. Backlog rows come out historical (stored,
-        and their payload's flag set). The rows count as in flight until `done` or `release`."""
+        and their payload's flag set). The rows count as in flight until `done` or `release`, in
+        this process only: a new `Outbox` on the file hands every row out again."""
         if limit <= 0:
             return []
         cutoff = now_us - self.live_us
@@ -231,7 +239,9 @@ class Outbox:
             return deleted
 
     def release(self, ids: Iterable[int] | None = None) -> None:
-        """Hand rows out again (all in-flight rows by default): call it when a connection drops."""
+        """Hand rows out again (all in-flight rows by default). The transport calls it for a row
+        paho refused to queue; rows in flight when the link drops stay in paho's session (re-sent on
+        the reconnect), so they are not released."""
         with self._lock:
             if ids is None:
                 self._inflight.clear()
