@@ -147,6 +147,14 @@ def test_commands_from_the_cloud_through_the_broker(tmp_path: Path) -> None:
         dm11 = cloud.result("j-1")
         assert (dm11["status"], dm11["detail"]) == ("acked", "ACK of PGN 0xFED3 from address 0xF3"), dm11
         assert len(cloud.results("dbc-1")) == 2  # the repeat was answered once, no more
+
+        # the command results are in the event log, on `events`
+        def command_events() -> list[str]:
+            return [e["text"] for p in cloud.payloads(PLANT_1.events) for e in json.loads(p)["events"]
+                    if e["source"] == "acme_hv" and e["kind"] == "command"]
+        assert wait(lambda: any(t.startswith("SetChargeCurrent = 250 A rejected") for t in command_events()), 30), \
+            command_events()
+        assert any(t.startswith("SetChargeCurrent = 42.5 A acked") for t in command_events()), command_events()
         err = stop_process(run)
         assert run.returncode == 0, err
     finally:
