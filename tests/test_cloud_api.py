@@ -7,7 +7,10 @@ A fake edge (a paho client with the site's credentials) answers `cmd` with `cmd/
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -86,12 +89,12 @@ def hv_profile(version: str = "2.0.0") -> tuple[dict[str, Any], str]:
 class FakeEdge:
     """The site's edge, answering every `cmd` with an `acked` `cmd/result` and keeping what it received."""
 
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: Broker, user: BrokerUser = EDGE) -> None:
         self.received: list[dict[str, Any]] = []
         self.ready = threading.Event()
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"edge-{uuid.uuid4().hex[:8]}",
                                   protocol=mqtt.MQTTv311)
-        self.client.username_pw_set(EDGE.name, EDGE.password)
+        self.client.username_pw_set(user.name, user.password)
         self.client.on_connect = lambda c, *a: c.subscribe("ems/acme/plant-1/cmd", qos=1)
         self.client.on_subscribe = lambda *a: self.ready.set()
         self.client.on_message = self._message
@@ -272,3 +275,54 @@ def test_openapi_lists_every_contract_path(cloud: Cloud) -> None:
     assert listed == CONTRACT
     assert json.loads((ROOT / "docs" / "openapi.json").read_text(encoding="utf-8")) == json.loads(openapi_text()), (
         "docs/openapi.json is stale: .venv/bin/python -m emsbms.cloud.api > docs/openapi.json")
+
+
+def test_cloud_serve_process_adds_a_site_sees_it_online_and_gets_its_command_acked(cloud_db: str,  # noqa: F811
+                                                                                    tmp_path: Path) -> None:
+    require_mosquitto()
+    broker = Broker(tmp_path / "broker", dynsec_admin=("admin", "admin-pw"))
+    broker.start()
+    port = free_port()
+    log = (tmp_path / "serve.log").open("wb")
+    script = Path(sys.executable).with_name("emsbms")
+    command = [str(script)] if script.is_file() else [sys.executable, "-c", "from emsbms.cli import main; main()"]
+    serve = subprocess.Popen([*command, "cloud", "serve", "--broker",
+                              f"mqtt://admin:admin-pw@127.0.0.1:{broker.port}", "--listen", f"127.0.0.1:{port}"],
+                             env={**os.environ, "EMSBMS_CLOUD_DATABASE": cloud_db}, stdout=log, stderr=log)
+    db = Database(cloud_db)
+    edge: FakeEdge | None = None
+    try:
+        token = add_org(db, "acme")
+        auth = {"Authorization": f"Bearer {token}"}
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}/api/v1/orgs/acme", timeout=60) as http:
+            def up() -> bool:
+                try:
+                    return http.get("/sites", headers=auth).status_code == 200
+                except httpx.TransportError:
+                    return serve.poll() is not None
+            assert wait(up, 60) and serve.poll() is None, (tmp_path / "serve.log").read_text()
+            r = http.post("/sites", headers=auth, json={"site": "plant-1"})
+            assert r.status_code == 200, r.text
+            login = r.json()
+            assert login["username"] == "acme.plant-1" and len(login["password"]) >= 16
+            offline = http.post("/sites/plant-1/commands", headers=auth,
+                                json={"address": "bms_0/SetChargeCurrent", "value": 5, "timeout_s": 10})
+            assert offline.json()["status"] == "offline"
+            edge = FakeEdge(broker, BrokerUser(login["username"], login["password"], ()))
+            state = {"state": "online", "bdSeq": 0, "timestamp_us": time.time_ns() // 1000}
+            edge.client.publish("ems/acme/plant-1/state", json.dumps(state), qos=1, retain=True)
+            assert wait(lambda: http.get("/sites", headers=auth).json()["sites"][0]["online"], 30)
+            r = http.post("/sites/plant-1/commands", headers=auth,
+                          json={"address": "bms_0/SetChargeCurrent", "value": 7.5, "timeout_s": 30})
+            assert r.json()["status"] == "acked" and r.json()["detail"] == "echo 7.5", r.text
+        serve.send_signal(signal.SIGTERM)
+        assert serve.wait(60) == 0
+    finally:
+        if edge is not None:
+            edge.close()
+        if serve.poll() is None:
+            serve.kill()
+            serve.wait()
+        log.close()
+        db.close()
+        broker.stop(signal.SIGKILL)
