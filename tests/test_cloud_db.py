@@ -9,6 +9,7 @@ import subprocess
 import sys
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -196,3 +197,20 @@ def test_cloud_without_the_extra_says_how_to_install_it() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert done.stderr == "error: emsbms cloud needs the cloud extra: pip install 'emsbms[cloud]'\n"
+
+
+def test_a_killed_server_starts_again_with_its_committed_rows(pg: PgServer, tmp_path: Path) -> None:
+    # a server of its own (pg only skips without PostgreSQL): a commit survives a SIGKILL, as ingest relies on
+    with PgServer(tmp_path / "pg") as server:
+        with psycopg.connect(server.url, autocommit=True) as conn:
+            conn.execute("CREATE TABLE kept (n int)")
+            conn.execute("INSERT INTO kept VALUES (7)")
+        pid = server.postmaster_pid()
+        server.kill()
+        assert pid is not None and not Path(f"/proc/{pid}").exists()
+        with pytest.raises(psycopg.OperationalError):
+            psycopg.connect(server.url, connect_timeout=5)
+        server.start()
+        with psycopg.connect(server.url) as conn:
+            assert conn.execute("SELECT n FROM kept").fetchall() == [(7,)]
+            assert conn.execute("SELECT current_user, current_setting('fsync')").fetchone() == ("emsbms", "off")

@@ -2,8 +2,8 @@
 
 `PgServer` runs `initdb` and `pg_ctl` as the `postgres` user when we are root (initdb refuses root),
 with its data and socket folders in a temporary folder that user owns, listening on 127.0.0.1 on a
-free port. It is tuned for tests: fsync, synchronous_commit and full_page_writes are off, so a
-crash of the machine (not of PostgreSQL) may lose data. It creates the service role `emsbms`
+free port. It is tuned for tests: fsync and full_page_writes are off, so a crash of the machine
+may lose data; a killed PostgreSQL loses no commit (synchronous_commit stays on). It creates the service role `emsbms`
 (LOGIN NOSUPERUSER NOBYPASSRLS, with a password) owning the database `emsbms`.
 """
 
@@ -126,7 +126,8 @@ class PgServer:
         assert self.runtime is not None
         options = " ".join([
             f"-p {self.port}", "-c listen_addresses=127.0.0.1", f"-c unix_socket_directories={self.runtime}/sock",
-            "-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off",  # tests only
+            # tests only: an OS crash may lose data; a killed server does not (commits are written, not synced)
+            "-c fsync=off", "-c full_page_writes=off",
             "-c shared_buffers=64MB", "-c max_connections=200",
         ])
         self._run(str(bin_dir / "pg_ctl"), "-D", str(self.data), "-l", str(self.runtime / "postgresql.log"),
