@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
                             lambda: uplink_scenarios.commands(q)),
         "uplink-config": ("Uplink: config (profile switch) → first sample under it, vs the local handler",
                           lambda: uplink_scenarios.config(q)),
-        "uplink-telemetry": ("Uplink: telemetry, backlog drain and CPU, 128 devices (quick: 4)",
+        "uplink-telemetry": ("Uplink: telemetry, backlog drain and CPU, 32 and 128 devices (quick: 4)",
                              lambda: uplink_scenarios.telemetry(q, d)),
     }
     doc: dict[str, Any] = {

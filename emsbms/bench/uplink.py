@@ -66,6 +66,7 @@ class UplinkCommandResult:
     local_p99_ms: float | None
     added_p50_ms: float | None  # round trip minus the edge's took_us, per command
     added_p99_ms: float | None
+    failures: list[str]  # what came back instead of acked
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -105,6 +106,7 @@ def run_command_path(path: _Path, writes: int = 30) -> UplinkCommandResult:
     added: list[float] = []
     local: list[float] = []
     acked = local_acked = 0
+    failures: list[str] = []
     with tempfile.TemporaryDirectory(prefix="emsbms-bench-uplink-") as tmp, Simulation(site):
         time.sleep(0.5)  # the simulator claims its address / boots
         with Edge(site) as edge, linked(edge, Path(tmp)) as (broker, link):
@@ -119,16 +121,19 @@ def run_command_path(path: _Path, writes: int = 30) -> UplinkCommandResult:
                     cloud.publish(link.topics.cmd, json.dumps(body).encode())
                     got = results.wait(id, TIMEOUT_S + 5.0)
                     if got is None:
+                        failures.append("no cmd/result")
                         return False, 0.0, 0.0
+                    if got[0]["status"] != "acked":
+                        failures.append(f"cmd/result {got[0]['status']}: {got[0]['detail']}")
                     rtt = (got[1] - t0) * 1000.0
                     return got[0]["status"] == "acked", rtt, rtt - got[0]["took_us"] / 1000.0
 
-                send(path.values[1])  # untimed, as the local one: connections and claims settle
+                send(path.values[0])  # untimed, as the local one: connections and claims settle
                 edge.write(address, path.values[1], TIMEOUT_S)
                 rng = random.Random(7)
-                for i in range(writes):
-                    value = path.values[i % 2]
-                    for through_broker in (True, False) if rng.random() < 0.5 else (False, True):
+                for _ in range(writes):
+                    for j, through_broker in enumerate((True, False) if rng.random() < 0.5 else (False, True)):
+                        value = path.values[j]  # every write a new value: every echo is a new answer
                         time.sleep(rng.uniform(0.0, JITTER_S))
                         if through_broker:
                             ok, rtt, extra = send(value)
@@ -138,13 +143,17 @@ def run_command_path(path: _Path, writes: int = 30) -> UplinkCommandResult:
                                 added.append(extra)
                         else:
                             t0 = time.perf_counter()
-                            if edge.write(address, value, TIMEOUT_S).status is CommandStatus.ACKED:
+                            result = edge.write(address, value, TIMEOUT_S)
+                            if result.status is CommandStatus.ACKED:
                                 local_acked += 1
                                 local.append((time.perf_counter() - t0) * 1000.0)
+                            else:
+                                failures.append(f"edge.write {result.status.value}: {result.detail}")
     p50, p99 = ms_stats(remote)
     l50, l99 = ms_stats(local)
     a50, a99 = ms_stats(added)
-    return UplinkCommandResult(path.name, address, writes, acked, local_acked, p50, p99, l50, l99, a50, a99)
+    return UplinkCommandResult(path.name, address, writes, acked, local_acked, p50, p99, l50, l99, a50, a99,
+                               failures)
 
 
 def run_commands(writes: int = 30) -> list[UplinkCommandResult]:

@@ -12,6 +12,7 @@ from emsbms.bench import BenchError, uplink, uplink_flow
 from emsbms.bench.uplink_cloud import require_mosquitto
 
 Figures = tuple[list[dict[str, Any]], list[dict[str, Any]]]
+COUNTS = (32, 128)  # devices: one count the edge keeps up with here, and the 128 of the goal
 
 
 def _x(value: float | None) -> str:
@@ -53,17 +54,20 @@ def config(quick: bool) -> Figures:
 def telemetry(quick: bool, duration: float) -> Figures:
     def go() -> Figures:
         if quick:
-            result = uplink_flow.run(4, seconds=0.5, outage_s=1.0, drain_timeout_s=30.0)
+            results = [uplink_flow.run(4, seconds=0.5, outage_s=1.0, drain_timeout_s=30.0)]
         else:
-            result = uplink_flow.run(128, seconds=duration, outage_s=5.0)
-        r = result.as_dict()
-        row = {"devices": f"{r['devices_ok']}/{r['devices']}", "updates/s": f"{r['updates_per_s']:,.0f}",
-               "samples/s at cloud": f"{r['samples_per_s']:,.0f}", "msgs/s": f"{r['messages_per_s']:,.0f}",
-               "latency p50/p99 ms": f"{r['latency_p50_ms']}/{r['latency_p99_ms']}",
-               "registry p50/p99 ms": f"{r['registry_latency_p50_ms']}/{r['registry_latency_p99_ms']}",
-               "backlog msgs": r["backlog_messages"], "drain samples/s": r["drain_samples_per_s"],
-               "drain ÷ live": _x(r["ratio_drain_vs_live"]), "missing": r["missing"],
-               "CPU % without/with": f"{r['cpu_pct_without']}/{r['cpu_pct_with']}",
-               "uplink CPU %/1k samples/s": r["cpu_per_ksps"], "broker CPU %": r["broker_cpu_pct"]}
-        return [r], [row]
+            results = [uplink_flow.run(n, seconds=duration, outage_s=5.0) for n in COUNTS]
+        figures = [r.as_dict() for r in results]
+        return figures, [_flow_row(r) for r in figures]
     return _guarded(go)
+
+
+def _flow_row(r: dict[str, Any]) -> dict[str, Any]:
+    return {"devices": f"{r['devices_ok']}/{r['devices']}", "updates/s": f"{r['updates_per_s']:,.0f}",
+            "samples/s at cloud": f"{r['samples_per_s']:,.0f}", "msgs/s": f"{r['messages_per_s']:,.0f}",
+            "latency p50/p99 ms": f"{r['latency_p50_ms']}/{r['latency_p99_ms']}",
+            "registry p50/p99 ms": f"{r['registry_latency_p50_ms']}/{r['registry_latency_p99_ms']}",
+            "backlog msgs": r["backlog_messages"], "drain samples/s": r["drain_samples_per_s"],
+            "drain ÷ live": _x(r["ratio_drain_vs_live"]), "missing": r["missing"],
+            "CPU % without/with": f"{r['cpu_pct_without']}/{r['cpu_pct_with']}",
+            "uplink CPU %/1k samples/s": r["cpu_per_ksps"], "broker CPU %": r["broker_cpu_pct"]}
