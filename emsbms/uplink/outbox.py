@@ -8,12 +8,9 @@ and deleted only after the broker's PUBACK.
     box.done([row.id])                                   # on its PUBACK
     box.release([row.id])                                # only if the client refused to take it
 
-**Handed out once per process.** `pending` marks the rows it hands out as in flight, in memory, and
-never hands them out again in this process: a row stays until `done` (its PUBACK). The transport
-(`client.py`) does not release rows when the link drops: paho keeps QoS 1 messages in its session
-and sends them again, flagged DUP, on the reconnect. It releases a row only when paho refused to
-queue it (``MQTT_ERR_QUEUE_SIZE``). A new process (an edge restart) starts with nothing in flight,
-so it hands out every row the file holds again.
+**Handed out once per process** (in-flight marks live in memory, until `done`). A dropped link
+releases nothing: paho re-sends its QoS 1 session on the reconnect; `client.py` releases a row only
+when paho refused to queue it (``MQTT_ERR_QUEUE_SIZE``). A new process hands out every row again.
 
 The outbox is its own SQLite file beside the edge database (`outbox_path`: ``<db>.outbox``), in WAL
 mode, so that its many small commits never wait for the run log, and its quota counts the outbox
