@@ -21,11 +21,14 @@ from typing import Any
 
 import httpx
 import paho.mqtt.client as mqtt
+import psycopg
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
+from psycopg import sql
 
 from emsbms.cloud.api import openapi_text
-from emsbms.cloud.database import Database, add_org
+from emsbms.cloud.database import Database, add_org, ensure_partitions
+from emsbms.cloud.pgserver import PgServer
 from emsbms.cloud.service import CloudService, HttpServer
 from emsbms.db.profiles import content_hash
 from emsbms.resources import data_dir
@@ -326,3 +329,46 @@ def test_cloud_serve_process_adds_a_site_sees_it_online_and_gets_its_command_ack
         log.close()
         db.close()
         broker.stop(signal.SIGKILL)
+
+
+def test_channels_series_and_events_read_this_orgs_rows(cloud: Cloud) -> None:
+    t0 = 1_764_158_400_000_000  # 2025-11-26T12:00:00Z
+    points = [(t0, 1.0), (t0 + 30_000_000, 3.0), (t0 + 70_000_000, 10.0)]
+    for org, site, scale in (("acme", "plant-1", 1.0), ("other", "plant-9", 100.0)):
+        with cloud.db.org(org) as conn:
+            ensure_partitions(conn, t0, t0 + 70_000_000)
+            for seq, (ts, value) in enumerate(points):
+                conn.execute("INSERT INTO telemetry (org_id, site, address, ts, timestamp_us, value, quality,"
+                             " historical, session, seq) VALUES (%s, %s, 'bms_0/Soc', to_timestamp(%s / 1e6), %s,"
+                             " %s, 'ok', false, 1, %s)", [org, site, ts, ts, value * scale, seq])
+            conn.execute("INSERT INTO latest (org_id, site, address, value, quality, timestamp_us)"
+                         " VALUES (%s, %s, 'bms_0/Soc', %s, 'ok', %s)", [org, site, 10.0 * scale, t0 + 70_000_000])
+            conn.execute("INSERT INTO channel_info (org_id, site, address, unit, kind) VALUES (%s, %s, 'bms_0/Soc',"
+                         " '%%', 'measurement')", [org, site])
+            for i, kind in enumerate(("online", "data_loss")):
+                conn.execute("INSERT INTO events (org_id, site, timestamp_us, kind, detail) VALUES (%s, %s, %s, %s,"
+                             " '{}')", [org, site, t0 + i, kind])
+    window = {"address": "bms_0/Soc", "from": "2025-11-26T12:00:00Z", "to": "2025-11-26T12:05:00+00:00"}
+    raw = cloud.http.get("/acme/sites/plant-1/series", headers=cloud.auth(), params=window).json()
+    assert raw == {"address": "bms_0/Soc", "points": [[t, v] for t, v in points]}
+    bucketed = cloud.http.get("/acme/sites/plant-1/series", headers=cloud.auth(), params={**window, "bucket": "1m"})
+    assert bucketed.json()["points"] == [[t0, 2.0], [t0 + 60_000_000, 10.0]]
+    bad = cloud.http.get("/acme/sites/plant-1/series", headers=cloud.auth(), params={**window, "bucket": "1 min"})
+    assert bad.status_code == 422 and bad.json()["field"] == "bucket"
+    channels = cloud.http.get("/acme/sites/plant-1/channels", headers=cloud.auth()).json()
+    assert channels == {"bms_0/Soc": {"value": 10.0, "unit": "%", "timestamp_us": t0 + 70_000_000, "quality": "ok"}}
+    events = cloud.http.get("/acme/sites/plant-1/events", headers=cloud.auth()).json()["events"]
+    assert [e["kind"] for e in events] == ["data_loss", "online"]
+    assert cloud.http.get("/acme/sites/plant-9/events", headers=cloud.auth()).status_code == 404
+
+
+def test_a_database_outage_is_a_503_naming_the_database(cloud: Cloud, pg: PgServer) -> None:  # noqa: F811
+    name = cloud.db.url.rsplit("/", 1)[1]
+    with psycopg.connect(pg.admin_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(sql.Identifier(name)))
+        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", [name])
+        try:
+            r = cloud.http.get("/acme/sites", headers=cloud.auth())
+        finally:
+            admin.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(sql.Identifier(name)))
+    assert r.status_code == 503 and r.json()["error"].startswith("the database is unavailable")
