@@ -6,7 +6,7 @@ sharing the subscription, a SIGKILLed ingest and a stopped PostgreSQL losing not
 from __future__ import annotations
 
 import json
-import os
+import re
 import signal
 import subprocess
 import sys
@@ -242,3 +242,116 @@ def test_state_birth_config_status_and_unknown_sites(running: tuple[Ingest, Edge
     assert rows(url, "SELECT kind, detail FROM events ORDER BY id") == [
         ("online", {"bdSeq": 3}), ("offline", {"bdSeq": 3})]
     assert statuses[0].version == "7" and statuses[0].switched == ("bms_0",)
+
+
+def cli() -> list[str]:
+    script = Path(sys.executable).with_name("emsbms")
+    return [str(script)] if script.is_file() else [sys.executable, "-c", "from emsbms.cli import main; main()"]
+
+
+class IngestProcess:
+    """`emsbms cloud ingest` as a real process, its log in a file."""
+
+    def __init__(self, folder: Path, url: str, broker: Broker, client_id: str) -> None:
+        self.log = folder / f"{client_id}-{uuid.uuid4().hex[:6]}.log"
+        broker_url = f"mqtt://{INGEST.name}:{INGEST.password}@127.0.0.1:{broker.port}"
+        with self.log.open("wb") as out:
+            self.process = subprocess.Popen([*cli(), "cloud", "ingest", "--database", url, "--broker", broker_url,
+                                             "--client-id", client_id, "--gap-grace-s", "600"],
+                                            stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        assert wait(lambda: "subscribed to" in self.text() or self.process.poll() is not None, 60), self.text()
+        assert self.process.poll() is None, self.text()
+
+    def text(self) -> str:
+        return self.log.read_text(encoding="utf-8", errors="replace")
+
+    def stop(self) -> int:
+        """SIGTERM, wait, and the count of messages it received (from its last log line)."""
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(60)
+        match = re.search(r"received (\d+), samples written (\d+)", self.text())
+        assert match, self.text()
+        return int(match.group(1))
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(60)
+
+
+def publish_range(edge: Edge, seqs: range) -> None:
+    for seq in seqs:
+        edge.send("telemetry", telemetry(seq))
+
+
+def count_seqs(url: str) -> tuple[int, int]:
+    """(telemetry rows, distinct seqs)."""
+    row = rows(url, "SELECT count(*), count(DISTINCT seq) FROM telemetry")[0]
+    return int(row[0]), int(row[1])
+
+
+def test_two_ingest_processes_split_the_messages_with_no_duplicate_and_no_loss(
+        cloud_db: str, broker: Broker, tmp_path: Path) -> None:  # noqa: F811
+    add_site(cloud_db)
+    first = IngestProcess(tmp_path, cloud_db, broker, "ingest-a")
+    second = IngestProcess(tmp_path, cloud_db, broker, "ingest-b")
+    edge = Edge(broker)
+    try:
+        publish_range(edge, range(400))
+        assert wait(lambda: count_seqs(cloud_db) == (400, 400), 120), count_seqs(cloud_db)
+        got = [first.stop(), second.stop()]
+    finally:
+        edge.close()
+        first.kill()
+        second.kill()
+    assert sum(got) == 400 and min(got) > 0, got  # each message went to one of them, and each got some
+    assert count_seqs(cloud_db) == (400, 400)
+
+
+def test_a_sigkilled_ingest_restarted_loses_nothing(cloud_db: str, broker: Broker, tmp_path: Path) -> None:  # noqa: F811
+    add_site(cloud_db)
+    ingest = IngestProcess(tmp_path, cloud_db, broker, "ingest-k")
+    edge = Edge(broker)
+    try:
+        feeder = threading.Thread(target=publish_range, args=(edge, range(600)))
+        feeder.start()
+        assert wait(lambda: count_seqs(cloud_db)[0] > 0, 120)
+        ingest.kill()  # mid-stream: what it received and did not commit is unacknowledged
+        feeder.join()
+        stored = count_seqs(cloud_db)[0]
+        assert stored < 600, "the ingest wrote everything before the kill: nothing was tested"
+        ingest = IngestProcess(tmp_path, cloud_db, broker, "ingest-k")  # the same client id: its session
+        assert wait(lambda: count_seqs(cloud_db) == (600, 600), 120), count_seqs(cloud_db)
+    finally:
+        edge.close()
+        ingest.kill()
+
+
+def test_postgresql_stopped_for_a_while_loses_nothing(broker: Broker, tmp_path: Path) -> None:
+    require_postgres()
+    server = PgServer(tmp_path / "pg")
+    server.start()
+    try:
+        migrate(server.url)
+        add_site(server.url)
+        db = Database(server.url)
+        ingest = Ingest(db, broker.url, INGEST.name, INGEST.password, client_id="ingest-pg", retry_s=0.2)
+        ingest.start()
+        edge = Edge(broker)
+        try:
+            assert ingest.subscribed.wait(20)
+            publish_range(edge, range(100))
+            assert wait(lambda: count_seqs(server.url) == (100, 100), 120)
+            server.stop()
+            publish_range(edge, range(100, 200))
+            assert wait(lambda: ingest.received == 200, 120), ingest.received
+            assert ingest.written_samples == 100  # held, unacknowledged, while the database is away
+            server.start()
+            assert wait(lambda: count_seqs(server.url) == (200, 200), 180), count_seqs(server.url)
+            assert ingest.written_samples == 200
+        finally:
+            edge.close()
+            ingest.stop()
+            db.close()
+    finally:
+        server.remove()

@@ -108,13 +108,10 @@ def ingest_command(
                                                " a data_loss event")] = 30.0,
 ) -> None:
     """Run one more ingest process (scale-out: several share the subscription) until SIGTERM or Ctrl-C."""
-    import logging
-
     from emsbms.cloud.ingest import run_ingest
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    run_ingest(database, broker, group=group, client_id=client_id, batch_size=batch_size, batch_ms=batch_ms,
-               gap_grace_s=gap_grace_s)
+    run_ingest(database, broker, group=group, client_id=client_id, report=typer.echo, batch_size=batch_size,
+               batch_ms=batch_ms, gap_grace_s=gap_grace_s)
 
 
 @app.command("serve")

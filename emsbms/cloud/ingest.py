@@ -121,6 +121,7 @@ class Ingest:
         if refused:
             log.error("ingest: the broker refused the subscriptions %s (does the user may read ems/#?)", refused)
         else:
+            log.info("ingest %s: subscribed to %s", self.client_id, ", ".join(subscriptions(self.group)))
             self.subscribed.set()
 
     def _message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
@@ -264,9 +265,11 @@ def broker_login(broker_url: str) -> tuple[str, str, str]:
 
 
 def run_ingest(database_url: str, broker_url: str, group: str = "ingest", client_id: str | None = None,
-               stop: threading.Event | None = None, **options: Any) -> None:
+               stop: threading.Event | None = None, report: Callable[[str], None] = log.warning,
+               **options: Any) -> Ingest:
     """Run one ingest process (`broker_url` with its login) until `stop` is set, or SIGTERM/SIGINT when
-    called from the main thread; then write and acknowledge what was received."""
+    called from the main thread; then write and acknowledge what was received. `report` gets a line
+    once subscribed and one with the counters at the end."""
     url, username, password = broker_login(broker_url)
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
@@ -276,10 +279,15 @@ def run_ingest(database_url: str, broker_url: str, group: str = "ingest", client
     ingest = Ingest(database, url, username, password, group=group, client_id=client_id, **options)
     ingest.start()
     try:
+        while not stop.wait(0.1):
+            if ingest.subscribed.is_set():
+                report(f"ingest {ingest.client_id}: subscribed to {', '.join(subscriptions(group))}")
+                break
         stop.wait()
     finally:
         ingest.stop()
         database.close()
-        log.info("ingest %s: received %d, samples written %d, duplicates %d, refused %d, unknown site %d, gaps %d",
-                 ingest.client_id, ingest.received, ingest.written_samples, ingest.duplicates, ingest.rejected,
-                 ingest.unknown, ingest.gaps)
+        report(f"ingest {ingest.client_id}: received {ingest.received}, samples written {ingest.written_samples},"
+               f" duplicates {ingest.duplicates}, refused {ingest.rejected}, unknown site {ingest.unknown},"
+               f" gaps {ingest.gaps}")
+    return ingest
