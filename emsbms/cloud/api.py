@@ -21,7 +21,7 @@ from fastapi import FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from psycopg import Connection
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt
+from pydantic import BaseModel, ConfigDict, Field
 
 from emsbms.cloud import queries
 from emsbms.cloud.commands import Outcome, Waiters, cloud_check, new_id, record, send
@@ -60,7 +60,7 @@ class SiteBody(_Body):
 
 class CommandBody(_Body):
     address: str = Field(pattern=r"^[^/]+/.+$", description="DEVICE/CHANNEL, a command channel")
-    value: StrictFloat | StrictInt
+    value: float = Field(strict=True, description="a number (not a string, not a boolean)")
     timeout_s: float = Field(5.0, gt=0, le=3600, description="the deadline: now + timeout_s")
 
 
@@ -87,11 +87,14 @@ def _validation(request: Request, exc: Exception) -> JSONResponse:
         loc = [str(p) for p in e["loc"]]
         field = ".".join(loc[1:]) if loc and loc[0] in ("body", "path", "query", "header") else ".".join(loc)
         if e["type"] == "json_invalid":
-            field, expected, found = "body", "a JSON object", f"text that is not JSON ({e.get('ctx', {})})"
+            why = e.get("ctx", {}).get("error", "")
+            field, expected, found = "body", "a JSON object", f"text that is not JSON ({why})"
         elif e["type"] == "missing":
             field, expected, found = field or "body", "this field", "nothing"
+        elif e["type"] == "extra_forbidden":
+            expected, found = "no such key (it is not part of this body)", _found(e.get("input"))
         else:
-            expected, found = e["msg"], _found(e.get("input"))
+            expected, found = e["msg"].removeprefix("Input should be "), _found(e.get("input"))
         errors.append({"field": field or "body", "expected": expected, "found": found})
     text = "; ".join(f"{x['field']}: expected {x['expected']}, found {x['found']}" for x in errors)
     return JSONResponse({"error": text, "field": errors[0]["field"], "errors": errors}, status_code=422)
