@@ -269,3 +269,31 @@ def test_main_quick_writes_the_figures_as_json(tmp_path: Path, capsys: pytest.Ca
     assert doc["cores"] >= 1 and doc["quick"] is True
     assert {d["profile"] for d in doc["decode"]} >= {"pylon-lv", "acme-hv", "bench-lv"}
     assert "compiled f/s" in capsys.readouterr().out
+
+
+# -- the uplink through a real Mosquitto ----------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_uplink_scenarios_quick_answer_every_command_config_and_message(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.test_uplink_mqtt import require_mosquitto
+
+    require_mosquitto()
+    out = tmp_path / "uplink.json"
+    assert main(["--quick", "--only", "uplink-commands", "uplink-config", "uplink-telemetry", "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert [r["path"] for r in doc["uplink-commands"]] == [p.name for p in commands.PATHS]
+    for r in doc["uplink-commands"]:
+        assert (r["writes"], r["acked"], r["local_acked"]) == (2, 2, 2), r
+        assert r["added_p99_ms"] is not None and r["p99_ms"] >= r["added_p99_ms"] > 0
+    [cfg] = doc["uplink-config"]
+    assert (cfg["switches"], cfg["applied"], cfg["local_applied"]) == (2, 2, 2)
+    assert cfg["p99_ms"] >= cfg["p50_ms"] > 0
+    [flow] = doc["uplink-telemetry"]
+    assert (flow["devices"], flow["devices_ok"], flow["missing"]) == (4, 4, 0)
+    # every message made before the broker came back and not delivered before it stopped arrived after it
+    assert flow["backlog_messages"] > 0 and flow["backlog_samples"] >= flow["backlog_messages"]
+    assert flow["samples_per_s"] > 0 and flow["latency_p99_ms"] >= flow["latency_p50_ms"] > 0
+    assert flow["cpu_pct_with"] > 0 and flow["updates_per_s_with"] > 0
+    assert "added p50/p99 ms" in capsys.readouterr().out

@@ -152,6 +152,18 @@ def _proc_cpu_s(pid: int) -> float:
         return 0.0
 
 
+def _first_seqs(received: _Received, kinds: set[MessageKind], settle_s: float) -> dict[MessageKind, int | None]:
+    """The lowest seq received of each stream, once every stream has sent something (at most 30 s)."""
+    time.sleep(settle_s)
+    deadline = time.monotonic() + 30.0
+    while True:
+        with received.lock:
+            first = {k: min((s for kind, s in received.messages if kind is k), default=None) for k in kinds}
+        if all(v is not None for v in first.values()) or time.monotonic() > deadline:
+            return first
+        time.sleep(0.1)
+
+
 def _window(updates: _Updates, seconds: float) -> tuple[float, float, CpuWindow]:
     n0, window = updates.count, CpuWindow().start()
     time.sleep(seconds)
@@ -184,10 +196,8 @@ def run(devices: int = 128, seconds: float = 3.0, outage_s: float = 5.0, drain_t
                         topics = {link.topics.telemetry: MessageKind.TELEMETRY, link.topics.health: MessageKind.HEALTH}
                         received = _Received(topics)
                         with Cloud(broker, CLOUD, list(topics), received, persistent=True):
-                            time.sleep(min(1.0, seconds / 2))
+                            first = _first_seqs(received, set(topics.values()), max(1.0, seconds / 2))
                             with received.lock:
-                                first = {k: min((s for kind, s in received.messages if kind is k), default=None)
-                                         for k in topics.values()}
                                 s0, m0 = received.samples, received.count
                                 received.latencies, updates.latencies = [], []
                             u0, t0 = updates.count, time.perf_counter()
