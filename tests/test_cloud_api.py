@@ -374,3 +374,13 @@ def test_a_database_outage_is_a_503_naming_the_database(cloud: Cloud, pg: PgServ
         finally:
             admin.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(sql.Identifier(name)))
     assert r.status_code == 503 and r.json()["error"].startswith("the database is unavailable")
+
+
+def test_post_sites_on_a_broker_without_dynsec_is_a_503_and_stores_nothing(cloud: Cloud) -> None:
+    r = cloud.http.post("/acme/sites", headers=cloud.auth(), json={"site": "plant-2"})
+    assert r.status_code == 503 and "dynamic security" in r.json()["error"]
+    assert cloud.sql("acme", "SELECT site FROM sites ORDER BY site") == [("plant-1",)]
+    r = cloud.http.post("/acme/sites", headers=cloud.auth(), json={"site": "plant-1"})
+    assert r.status_code == 409 and r.json()["field"] == "site"
+    r = cloud.http.post("/acme/sites", headers=cloud.auth(), json={"site": "a/b"})
+    assert r.status_code == 422 and r.json()["field"] == "site" and "'a/b'" in r.json()["error"]

@@ -147,8 +147,10 @@ def create_app(service: Service) -> FastAPI:
         with tenant(org, authorization) as conn:
             if conn.execute("SELECT 1 FROM sites WHERE site = %s", [body.site]).fetchone() is not None:
                 raise ApiError(409, "site", f"site: expected a new site name, found {body.site!r} (it exists)")
+            # the row first: a broker refusal rolls it back, and a stored site never lacks its broker client
+            conn.execute("INSERT INTO sites (org_id, site) VALUES (%s, %s)", [org, body.site])
             username, password = service.add_site(org, body.site)
-            conn.execute("INSERT INTO sites (org_id, site, username) VALUES (%s, %s, %s)", [org, body.site, username])
+            conn.execute("UPDATE sites SET username = %s WHERE site = %s", [username, body.site])
         return {"username": username, "password": password}
 
     @app.get(prefix + "/sites")
