@@ -25,7 +25,7 @@ from emsbms.cloud.commands import Waiters
 from emsbms.cloud.ingest import Ingest, broker_login
 from emsbms.cloud.publisher import Publisher
 from emsbms.cloud.repository import ApiError, shipped_profiles
-from emsbms.errors import EmsbmsError
+from emsbms.errors import ConfigError, EmsbmsError
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ class CloudService:
 def parse_listen(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise EmsbmsError(f"--listen: expected HOST:PORT like 127.0.0.1:8080, found {text!r}")
+        raise ConfigError(f"--listen: expected HOST:PORT like 127.0.0.1:8080, found {text!r}")
     return host, int(port)
 
 
