@@ -83,6 +83,7 @@ class Ingest:
         self._inbox: queue.Queue[Received] = queue.Queue()
         self._stopping = threading.Event()
         self._unknown_logged: set[tuple[str, str]] = set()
+        self._done: set[int] = set()
         self._open_streams: dict[str, set[StreamKey]] = defaultdict(set)
         self._worker: threading.Thread | None = None
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv311,
@@ -130,9 +131,14 @@ class Ingest:
                                  now_us()))
 
     def _ack(self, items: list[Received]) -> None:
+        """Mark `items` done; `process` sends their PUBACKs at its end, in arrival order (MQTT 3.1.1 4.6)."""
+        self._done.update(id(m) for m in items)
+
+    def _send_acks(self, items: list[Received]) -> None:
         for m in items:
-            if m.qos > 0 and m.generation == self._generation:
-                self.client.ack(m.mid, m.qos)
+            if id(m) in self._done and m.qos > 0 and m.generation == self._generation:
+                self.client.ack(m.mid, m.qos)  # a message of an older connection comes again: not acked
+        self._done.clear()
 
     def _run(self) -> None:
         pending: list[Received] = []
@@ -188,6 +194,7 @@ class Ingest:
                     self.rejected += 1
                     log.warning("ingest: the database refused %s: %s", pairs[0][0].topic, exc)
                     self._ack([pairs[0][0]])
+        self._send_acks(items)
         return waiting
 
     def _one_by_one(self, org: str, pairs: list[tuple[Received, Record]]) -> list[Received]:
