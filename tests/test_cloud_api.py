@@ -30,9 +30,12 @@ from emsbms.cloud.api import openapi_text
 from emsbms.cloud.database import Database, add_org, ensure_partitions
 from emsbms.cloud.pgserver import PgServer
 from emsbms.cloud.service import CloudService, HttpServer
+from emsbms.db import EdgeDb
 from emsbms.db.profiles import content_hash
 from emsbms.resources import data_dir
+from emsbms.site import Site
 from emsbms.uplink.broker import Broker, BrokerUser, free_port
+from emsbms.uplink.config import desired
 from tests.cloud_fixtures import cloud_db, pg  # noqa: F401
 from tests.conftest import wait
 from tests.test_uplink_mqtt import Watcher, require_mosquitto
@@ -162,7 +165,7 @@ def test_post_profile_good_and_bad(cloud: Cloud) -> None:
     assert cloud.sql("acme", "SELECT version FROM profiles") == [("2.0.0",)]
 
 
-def test_put_config_published_retained_and_bad_config_stores_nothing(cloud: Cloud) -> None:
+def test_put_config_published_retained_and_bad_config_stores_nothing(cloud: Cloud, tmp_path: Path) -> None:
     device = {"name": "bms_0", "bus": "can0", "profile": "acme-hv"}
     bad = cloud.http.put("/acme/sites/plant-1/config", headers=cloud.auth(),
                          json={"buses": [BUS], "devices": [{**device, "profile": "nope"}]})
@@ -184,6 +187,10 @@ def test_put_config_published_retained_and_bad_config_stores_nothing(cloud: Clou
         assert sent["site"] == {"bus": [BUS], "device": [{**device, "profile": "acme-hv@1.0.0"}]}
         assert [p["document"]["name"] for p in sent["profiles"]] == ["acme-hv"]
         assert sent["profiles"][0]["source"].startswith("VERSION")
+        with EdgeDb(tmp_path / "edge.db") as edge_db:  # the edge's own parser takes it as it is
+            want = desired(payload, Site(org="acme", name="plant-1", buses=[], devices=[]), edge_db)
+        assert want.version == "1" and want.profiles["bms_0"].version == "1.0.0"
+        assert [d.profile for d in want.site.devices] == ["acme-hv@1.0.0"]
     finally:
         watcher.close()
     r = cloud.http.get("/acme/sites/plant-1/config", headers=cloud.auth())
