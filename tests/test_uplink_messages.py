@@ -247,3 +247,13 @@ def test_docs_schemas_name_every_key_of_the_payloads() -> None:
     assert list(json.loads(telemetry.payload)["samples"][0]) == items["required"]
     assert list(birth["channels"][0]) == schemas["birth"]["properties"]["channels"]["items"]["required"]  # type: ignore[index]
     assert list(events["events"][0]) == schemas["events"]["properties"]["events"]["items"]["required"]  # type: ignore[index]
+
+
+def test_a_bus_added_later_sends_its_channels_as_health() -> None:
+    b = TelemetryBatcher(TOPICS, session=1, health_prefixes={"can0", "uplink"}, start_us=0)
+    b.update("can1/RxRate", ok(10.0, 1_000_001))
+    assert [m.kind for m in b.flush(2 * S)] == [MessageKind.TELEMETRY]  # can1 unknown: a device's channel
+    b.set_health_prefixes({"can0", "can1", "uplink"})  # a config added the bus can1
+    b.update("can1/RxRate", ok(11.0, 3_000_001))
+    out = b.flush(4 * S)
+    assert [(m.kind, json.loads(m.payload)["samples"][0]["value"]) for m in out] == [(MessageKind.HEALTH, 11.0)]

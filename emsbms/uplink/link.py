@@ -149,6 +149,7 @@ class EdgeUplink:
         status = self.config.handle(payload, _now_us())
         self.uplink.send(self.topics.config_status, status, MessageKind.CONFIG_STATUS.value)
         if self.config.structural_changes != structural:  # devices or buses came or went: a new birth lists them
+            self.batcher.set_health_prefixes({UPLINK_PREFIX, *(b.name for b in self.edge.site.buses)})
             self.uplink.client.publish(self.topics.birth, self.birth(self.uplink.bd_seq), qos=1)
             self.batcher.refresh()
 

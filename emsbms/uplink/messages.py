@@ -293,6 +293,11 @@ class TelemetryBatcher:
         self._next_refresh = None if start_us is None else start_us + self.refresh_us
         self._refresh_now = False
 
+    def set_health_prefixes(self, prefixes: Iterable[str]) -> None:
+        """The bus names changed (a bus added or removed by a config): route their channels to `health`."""
+        with self._lock:
+            self.health_prefixes = frozenset(prefixes)
+
     def is_health(self, address: str) -> bool:
         head, _, rest = address.partition("/")
         return head in self.health_prefixes or rest in SUPERVISION
