@@ -28,6 +28,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from emsbms.demo import site_toml
+from emsbms.edge.lock import EdgeLock
 from emsbms.edge.registry import Registry
 from emsbms.errors import ConfigError
 from emsbms.site import parse_site
@@ -502,3 +503,32 @@ def test_mqtts_with_the_ca_file(tmp_path: Path) -> None:
             wrong.stop()
     finally:
         broker.stop(signal.SIGKILL)
+
+
+def test_emsbms_monitor_runs_the_uplink_and_shows_its_pane_unless_another_edge_holds_the_db(
+        broker: Broker, tmp_path: Path) -> None:
+    port = random.Random(os.getpid() ^ time.time_ns()).randrange(43000, 47990)
+    site = tmp_path / "site.toml"
+    site.write_text(site_toml({
+        "site": {"org": "acme", "name": "plant-1"},
+        "bus": [{"name": "can0", "interface": "udp_multicast", "channel": "239.74.163.4", "port": port}],
+        "device": [{"name": "bms_0", "bus": "can0", "profile": "pylon-lv"}],
+    }) + f'\n[uplink]\nurl = "{broker.url}"\nusername = "{EDGE.name}"\npassword = "{EDGE.password}"\n',
+        encoding="utf-8")
+    db = tmp_path / "edge.db"
+    watcher = Watcher(broker, CLOUD, ["ems/acme/plant-1/#"])
+    try:
+        held = EdgeLock.acquire(db)  # another edge (an `emsbms run`) owns the site's uplink
+        out = subprocess.run([*emsbms_command(), "--site", str(site), "--db", str(db), "monitor", "--duration", "2"],
+                             capture_output=True, text=True, timeout=120)
+        held.release()
+        assert out.returncode == 0, out.stderr
+        assert "monitor: no uplink from here: database" in out.stderr
+        assert watcher.states(PLANT_1.state) == []  # it never connected
+        out = subprocess.run([*emsbms_command(), "--site", str(site), "--db", str(db), "monitor", "--duration", "4"],
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert wait(lambda: watcher.states(PLANT_1.state) == ["online", "offline"])  # a clean stop says offline
+        assert "Uplink" in out.stdout and "online" in out.stdout  # the pane, in the last frame drawn
+    finally:
+        watcher.close()

@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -19,11 +20,14 @@ from emsbms.cli.common import Duration, handle_errors, state, stop_signals
 from emsbms.edge import Edge
 from emsbms.edge.dispatch import now_us
 from emsbms.edge.events import Event, EventLog, EventLogHandler
+from emsbms.edge.lock import EdgeLock
 from emsbms.edge.registry import Snapshot
 from emsbms.errors import ConfigError
 from emsbms.monitor import DeviceMeta, Filters, FrameRow, History, Show, render
 from emsbms.monitor._keys import Controls, KeyReader, Pager
 from emsbms.site import Site
+
+log = logging.getLogger(__name__)
 
 REFRESH_S = 0.2
 """Redraw period (5 Hz), on the main thread, from a registry snapshot."""
@@ -224,5 +228,32 @@ def command(
     filters = make_filters(site, list(device or []), list(bus or []))
     edge = Edge(site)
     events = watch(edge)
-    with edge:
+    with uplink_of(edge, state(ctx).db), edge:
         show(edge, duration, filters, f"emsbms monitor · {site.name}", events=events)
+
+
+@contextmanager
+def uplink_of(edge: Edge, db: Path) -> Iterator[None]:
+    """The site's [uplink], run by the monitor (its pane shows uplink/*) when no other edge holds `db`.
+
+    An `emsbms run` on the same database owns the uplink (one MQTT session per site): the monitor
+    then watches the buses only, and says so.
+    """
+    if edge.site.uplink is None:
+        yield
+        return
+    try:
+        lock = EdgeLock.acquire(db)
+    except ConfigError as e:
+        log.warning("monitor: no uplink from here: %s", e)
+        yield
+        return
+    from emsbms.uplink.link import EdgeUplink  # paho-mqtt is loaded only for a site with an [uplink]
+
+    link = EdgeUplink(edge, edge.site.uplink, db)
+    try:
+        link.start()
+        yield
+    finally:
+        link.close()
+        lock.release()
