@@ -319,14 +319,17 @@ class Feed:
 
     The registry's callback only puts on the queue: a full queue drops and counts (`dropped`), the
     receive path never waits for SQLite. The writer hands the updates to the batcher, and puts its
-    messages in the outbox in one transaction, at least every `every` seconds (the batcher's full
-    refresh is due by time), then calls `wake` (the uplink's publisher).
+    messages in the outbox in one transaction: the updates of a `window` (20 ms) after the first one
+    together, so that a burst makes one message rather than one per update, and at least every
+    `every` seconds (the batcher's full refresh is due by time), then calls `wake` (the uplink's
+    publisher).
     """
 
     def __init__(self, registry: Registry, batcher: TelemetryBatcher, outbox: Outbox,
                  wake: Callable[[], None] = lambda: None, pattern: str = "*", queue_size: int = 100_000,
-                 every: float = 1.0) -> None:
+                 every: float = 1.0, window: float = 0.02) -> None:
         self.batcher = batcher
+        self.window = window
         self.outbox = outbox
         self.wake = wake
         self.every = every
@@ -350,8 +353,15 @@ class Feed:
             items: list[tuple[str, Reading] | None] = []
             try:
                 items.append(self.queue.get(timeout=self.every))
+                end = time.monotonic() + self.window  # a burst becomes one message, not one per update
                 while len(items) < 10_000:
-                    items.append(self.queue.get_nowait())
+                    try:
+                        items.append(self.queue.get_nowait())
+                    except queue.Empty:
+                        left = end - time.monotonic()
+                        if left <= 0 or items[-1] is None:
+                            break
+                        time.sleep(min(left, 0.005))
             except queue.Empty:
                 pass
             for item in items:
@@ -368,10 +378,11 @@ class Feed:
             except Exception:
                 log.exception("uplink: the feed could not queue telemetry")
 
-    def close(self, timeout: float = 10.0) -> None:
-        """Stop listening, queue what is left, stop the writer."""
+    def close(self, timeout: float = 60.0) -> bool:
+        """Stop listening, queue what is left, stop the writer; False if it is still writing after `timeout`."""
         if self._subscription is not None:
             self._subscription.cancel()
             self._subscription = None
         self.queue.put(None)
         self._thread.join(timeout)
+        return not self._thread.is_alive()

@@ -148,7 +148,7 @@ class EdgeUplink:
         structural = self.config.structural_changes
         status = self.config.handle(payload, _now_us())
         self.uplink.send(self.topics.config_status, status, MessageKind.CONFIG_STATUS.value)
-        if self.config.structural_changes != structural:  # devices or buses came or went: a new birth lists them
+        if self.config.structural_changes != structural:  # devices, buses or profiles changed: a new birth lists them
             self.batcher.set_health_prefixes({UPLINK_PREFIX, *(b.name for b in self.edge.site.buses)})
             self.uplink.client.publish(self.topics.birth, self.birth(self.uplink.bd_seq), qos=1)
             self.batcher.refresh()
@@ -157,8 +157,11 @@ class EdgeUplink:
         self.uplink.start()
 
     def close(self) -> None:
-        self.feed.close()
+        fed = self.feed.close()
         self.events.close()
         self.uplink.stop()
         self.commands.close()
-        self.outbox.close()
+        if fed:
+            self.outbox.close()
+        else:  # its writer still holds updates: leave it the outbox (a daemon thread; each put commits)
+            log.error("uplink: the feed's writer did not finish in time; the outbox stays open for it")
