@@ -43,8 +43,9 @@ class SiteChange:
 
     @property
     def structural(self) -> bool:
-        """True if channels or buses come or go (a new birth must list them)."""
-        return bool(self.added_buses or self.removed_buses or self.restarted_buses or self.added or self.removed)
+        """True if channels, buses or a device's profile version change (a new birth must list them)."""
+        return bool(self.added_buses or self.removed_buses or self.restarted_buses or self.added or self.removed
+                    or self.switched)
 
 
 def identity(profile: Profile) -> str:
