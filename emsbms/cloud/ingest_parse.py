@@ -188,9 +188,25 @@ def _batch(r: _Reader, org: str, site: str, kind: Kind, data: dict[str, Any]) ->
                        for i, e in enumerate(r.array(data, "events", "")))
         return Batch(org, site, kind, session, seq, stamp, historical, events=events)
     r.boolean(data, "refresh", "")
-    samples = tuple(_sample(r, r.obj(s, f"samples[{i}]"), f"samples[{i}].")
-                    for i, s in enumerate(r.array(data, "samples", "", limit=500)))
+    samples = _samples(r, r.array(data, "samples", "", limit=500))
     return Batch(org, site, kind, session, seq, stamp, historical, samples=samples)
+
+
+def _samples(r: _Reader, items: list[Any]) -> tuple[SampleRow, ...]:
+    """The common sample (a finite float, a short address) checked inline; any other goes through `_sample`,
+    which accepts the rest and names what is wrong."""
+    lo, hi = MIN_TIMESTAMP_US, r.now_us + MAX_FUTURE_US
+    out = []
+    for i, s in enumerate(items):
+        if type(s) is dict:
+            address, stamp, quality, value = s.get("address"), s.get("timestamp_us"), s.get("quality"), s.get("value")
+            if (type(value) is float and value - value == 0.0 and type(stamp) is int and lo <= stamp <= hi
+                    and quality in QUALITIES and type(address) is str and 0 < len(address) <= MAX_TEXT
+                    and "\x00" not in address):
+                out.append(SampleRow(address, stamp, value, None, quality))
+                continue
+        out.append(_sample(r, r.obj(s, f"samples[{i}]"), f"samples[{i}]."))
+    return tuple(out)
 
 
 def _sample(r: _Reader, s: dict[str, Any], path: str) -> SampleRow:

@@ -1,8 +1,9 @@
 """Ingest's writes: one organisation's parsed records in one transaction (the caller's `Database.org`).
 
 Batches are deduplicated by (site, stream, session, seq) with INSERT ... ON CONFLICT DO NOTHING
-RETURNING; only the samples of the new ones are COPYed, through a temporary table (PostgreSQL refuses
-COPY FROM into a table with row-level security; the INSERT ... SELECT from it passes the policy).
+RETURNING; only the samples of the new ones are COPYed (binary, typed columns), through a temporary table kept per
+connection and emptied at each commit (PostgreSQL refuses COPY FROM into a table with row-level
+security; the INSERT ... SELECT from it passes the policy).
 """
 
 from __future__ import annotations
@@ -23,6 +24,11 @@ Conn = psycopg.Connection[Any]
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 StreamKey = tuple[str, str, int]  # (site, stream, session) within one organisation
 COLUMNS = "org_id, site, address, ts, timestamp_us, value, text_value, quality, historical, session, seq"
+STAGE_COLUMNS = "site, address, timestamp_us, value, text_value, quality, historical, session, seq"
+STAGE_TYPES = ["text", "text", "int8", "float8", "text", "text", "bool", "int8", "int8"]
+# One per connection (session), emptied by every commit; org_id and ts are added by the INSERT ... SELECT.
+STAGE_TABLE = ("CREATE TEMP TABLE IF NOT EXISTS ingest_stage (site text, address text, timestamp_us int8, value float8,"
+               " text_value text, quality text, historical bool, session int8, seq int8) ON COMMIT DELETE ROWS")
 
 
 @dataclass
@@ -76,15 +82,18 @@ def _write_batches(conn: Conn, org: str, batches: list[tuple[Batch, int]], done:
     done.new_streams.update((b.site, b.stream.value, b.session) for b in new)
     samples = [(b, s) for b in new for s in b.samples]
     if samples:
-        stamps = [s.timestamp_us for _, s in samples]
-        ensure_partitions(conn, min(stamps), max(stamps))
-        conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS ingest_rows AS SELECT {COLUMNS} FROM telemetry WITH NO DATA")
-        with conn.cursor() as cur, cur.copy(f"COPY ingest_rows ({COLUMNS}) FROM STDIN") as copy:
+        conn.execute(STAGE_TABLE)
+        lo, hi = samples[0][1].timestamp_us, samples[0][1].timestamp_us
+        with conn.cursor() as cur, cur.copy(f"COPY ingest_stage ({STAGE_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types(STAGE_TYPES)
+            write = copy.write_row
             for b, s in samples:
-                copy.write_row((org, b.site, s.address, to_ts(s.timestamp_us), s.timestamp_us, s.value,
-                                s.text_value, s.quality, b.historical, b.session, b.seq))
-        conn.execute(f"INSERT INTO telemetry ({COLUMNS}) SELECT {COLUMNS} FROM ingest_rows")
-        conn.execute("TRUNCATE ingest_rows")
+                stamp = s.timestamp_us
+                lo, hi = min(lo, stamp), max(hi, stamp)
+                write((b.site, s.address, stamp, s.value, s.text_value, s.quality, b.historical, b.session, b.seq))
+        ensure_partitions(conn, lo, hi)
+        conn.execute(f"INSERT INTO telemetry ({COLUMNS}) SELECT %s, site, address, timestamptz 'epoch' + timestamp_us"
+                     f" * interval '1 microsecond', {STAGE_COLUMNS.split(', ', 2)[2]} FROM ingest_stage", [org])
         done.samples += len(samples)
         _latest(conn, org, samples)
     events = [(b, e) for b in new for e in b.events]
@@ -97,9 +106,10 @@ def _write_batches(conn: Conn, org: str, batches: list[tuple[Batch, int]], done:
 
 def _latest(conn: Conn, org: str, samples: list[tuple[Batch, Any]]) -> None:
     newest: dict[tuple[str, str], Any] = {}
-    for b, s in samples:
+    for b, s in samples:  # the last of equal timestamps wins
         key = (b.site, s.address)
-        if key not in newest or s.timestamp_us >= newest[key].timestamp_us:
+        old = newest.get(key)
+        if old is None or s.timestamp_us >= old.timestamp_us:
             newest[key] = s
     keys = sorted(newest)
     conn.execute(
