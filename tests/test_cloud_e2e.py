@@ -115,6 +115,8 @@ def e2e(pg: PgServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2E]
             except httpx.TransportError:
                 return serve.poll() is not None
         assert wait(up, 60) and serve.poll() is None, (tmp / "serve.log").read_text()
+        assert wait(lambda: f"cloud: API on http://127.0.0.1:{port}/api/v1" in (tmp / "serve.log").read_text())
+        assert "dynamic security (POST /sites makes edge credentials)" in (tmp / "serve.log").read_text()
         tokens = {org: json.loads(cli("cloud", "org", "add", org, "--database", service_db, "--json"))["token"]
                   for org in ("acme", "other")}
         logins = []

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import signal
 import socket
+import sys
 import threading
 import time
 from contextlib import AbstractContextManager
@@ -137,7 +138,9 @@ def serve(database_url: str, broker_url: str, listen: str, stop: threading.Event
         service.start()
         ingest.start()
         http.start()
-        log.info("emsbms cloud serve: listening on %s", http.url)
+        tenancy = "dynamic security (POST /sites makes edge credentials)" if admin is not None else "static users"
+        print(f"cloud: API on {http.url}/api/v1 (OpenAPI at {http.url}/docs); broker {url} as {username!r},"
+              f" {tenancy}; ingest on $share/ingest/ems/+/+/...; Ctrl-C stops", file=sys.stderr, flush=True)
         stop.wait()
     finally:
         http.stop()
