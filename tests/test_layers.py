@@ -26,11 +26,12 @@ ALLOWED: dict[str, set[str]] = {
     "db": {"can", "profile", "protocols", "site"},
     "edge": {"can", "profile", "protocols", "site", "db"},
     "commissioning": {"can", "profile", "protocols", "site", "db", "edge"},
-    "uplink": {"can", "profile", "protocols", "site", "db", "edge"},
+    "core": {"can", "profile", "protocols", "site", "db", "edge"},  # the cycle and the command dispatcher
+    "uplink": {"can", "profile", "protocols", "site", "db", "edge", "core"},
     "cloud": {"can", "profile", "protocols", "site", "db", "uplink"},  # the service; nothing below imports it
-    "tools": {"can", "profile", "protocols", "site", "db", "edge", "commissioning", "uplink", "cloud", "tools",
-              "api"},
-    "api": {"can", "profile", "protocols", "site", "db", "edge", "commissioning", "uplink", "tools"},
+    "tools": {"can", "profile", "protocols", "site", "db", "edge", "commissioning", "core", "uplink", "cloud",
+              "tools", "api"},
+    "api": {"can", "profile", "protocols", "site", "db", "edge", "commissioning", "core", "uplink", "tools"},
 }
 
 
@@ -167,6 +168,13 @@ def test_the_layers_of_known_modules() -> None:
                                "emsbms")] == ["can", "profile", "protocols", "site", "edge", "tools", "base", "api"]
     assert imports("emsbms.profile.loader") >= {"emsbms.profile.checks", "emsbms.profile.models"}
     assert "emsbms.protocols" not in imports("emsbms.profile.loader")
+
+
+def test_the_core_sits_above_the_edge_and_below_the_uplink() -> None:
+    assert layer("emsbms.core.cycle") == "core"
+    assert "core" not in ALLOWED["edge"] and "core" in ALLOWED["uplink"] and "core" in ALLOWED["tools"]
+    assert sorted(f"{m} imports {d}" for m, deps in GRAPH.items() if layer(m) in {"edge", "db", "site", "protocols"}
+                  for d in deps if layer(d) == "core") == []
 
 
 def test_only_the_tools_may_import_the_cloud() -> None:
