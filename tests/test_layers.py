@@ -27,11 +27,13 @@ ALLOWED: dict[str, set[str]] = {
     "edge": {"can", "profile", "protocols", "site", "db"},
     "commissioning": {"can", "profile", "protocols", "site", "db", "edge"},
     "core": {"can", "profile", "protocols", "site", "db", "edge"},  # the cycle and the command dispatcher
-    "uplink": {"can", "profile", "protocols", "site", "db", "edge", "core"},
-    "cloud": {"can", "profile", "protocols", "site", "db", "uplink"},  # the service; nothing below imports it
+    "alarms": {"can", "profile", "protocols", "site", "db", "edge"},  # the edge never imports it
+    "uplink": {"can", "profile", "protocols", "site", "db", "edge", "core", "alarms"},
+    "cloud": {"can", "profile", "protocols", "site", "db", "uplink", "alarms"},  # the service; nothing below imports it
     "tools": {"can", "profile", "protocols", "site", "db", "edge", "commissioning", "core", "uplink", "cloud",
-              "tools", "api"},
-    "api": {"can", "profile", "protocols", "site", "db", "edge", "commissioning", "core", "uplink", "tools"},
+              "tools", "api", "alarms"},
+    "api": {"can", "profile", "protocols", "site", "db", "edge", "commissioning", "core", "uplink", "tools",
+            "alarms"},
 }
 
 
@@ -183,3 +185,12 @@ def test_only_the_tools_may_import_the_cloud() -> None:
     assert layer("emsbms.cloud.database") == "cloud"
     assert sorted(f"{m} imports {d}" for m, deps in GRAPH.items() if layer(m) not in {"cloud", "tools"}
                   for d in deps if layer(d) == "cloud") == []
+
+
+def test_the_cloud_imports_only_the_pure_rules_of_the_alarms() -> None:
+    # docs/alarms.md: the cloud validates desired rules with emsbms.alarms.rules, never runs the engine
+    pure = {"emsbms.alarms.rules", "emsbms.alarms.expr", "emsbms.alarms.nodes"}
+    assert sorted(f"{m} imports {d}" for m, deps in GRAPH.items() if layer(m) == "cloud"
+                  for d in deps if layer(d) == "alarms" and d not in pure) == []
+    assert {d for m in pure for d in GRAPH[m]} <= pure | {"emsbms.errors"}
+    assert layer("emsbms.alarms.engine") == "alarms" and "alarms" not in ALLOWED["edge"]

@@ -1,0 +1,271 @@
+"""The alarm engine: rule instances per (rule, device) and their states. Pure: time is an argument.
+
+Call `evaluate` with the registry's readings and the devices' comm states on every update and
+periodically (timers advance only when it is called); it returns one `Transition` per state change.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from typing import Any
+
+from emsbms.alarms.expr import NO_DATA, NoData, pattern_regex
+from emsbms.alarms.rules import Rule, Severity
+from emsbms.errors import EmsbmsError
+from emsbms.types import CommState, Quality, Reading
+
+SITE = "site"
+
+
+class AlarmError(EmsbmsError):
+    """An acknowledgement names no known alarm, or one with nothing to acknowledge."""
+
+
+class AlarmState(StrEnum):
+    OK = "ok"
+    PENDING = "pending"  # condition true, on-delay running
+    ACTIVE = "active"
+    CLEARING = "clearing"  # clear condition true, off-delay running
+    LATCHED = "latched"  # condition cleared, a latched alarm not yet acknowledged
+    NO_DATA = "no_data"  # an operand missing or not quality ok
+    INHIBITED = "inhibited"  # the device's CommState is LOST
+
+
+@dataclass(frozen=True, slots=True)
+class AlarmStatus:
+    """One instance: its state, since when (the on- or off-delay's start), and the state it holds
+    while no_data or inhibited (active or ok)."""
+
+    rule: str
+    device: str
+    state: AlarmState
+    severity: Severity
+    acked: bool = False
+    since_us: int = 0
+    held: AlarmState = AlarmState.OK
+    value: float | None = None
+
+    @property
+    def id(self) -> str:
+        return f"{self.rule}/{self.device}"
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """One state change or acknowledgement, as uplinked (`as_dict`) and logged (`text`)."""
+
+    id: str
+    rule: str
+    device: str
+    state: AlarmState
+    previous: AlarmState
+    severity: Severity
+    acked: bool
+    value: float | None
+    timestamp_us: int
+    text: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "rule": self.rule, "device": self.device, "state": self.state.value,
+                "previous": self.previous.value, "severity": self.severity.name, "acked": self.acked,
+                "value": self.value, "timestamp_us": self.timestamp_us, "text": self.text}
+
+
+def _number(reading: Reading | None) -> float | NoData:
+    if reading is None or reading.quality is not Quality.OK or isinstance(reading.value, str | None):
+        return NO_DATA
+    value = float(reading.value)
+    return value if math.isfinite(value) else NO_DATA
+
+
+class _Context:
+    """What expressions read during one `evaluate`."""
+
+    def __init__(self, engine: AlarmEngine, values: Mapping[str, Reading], comm: Mapping[str, CommState]) -> None:
+        self.engine, self.values, self.comm = engine, values, comm
+
+    def reading(self, address: str) -> float | NoData:
+        return _number(self.values.get(address))
+
+    def aggregate(self, name: str, pattern: str) -> float | NoData:
+        found = [v for a in self.engine.matches(pattern, self.values)
+                 if self.comm.get(a.split("/", 1)[0]) is not CommState.LOST
+                 and not isinstance(v := _number(self.values[a]), NoData)]
+        if name == "count":
+            return float(len(found))
+        if not found:
+            return NO_DATA
+        if name == "max":
+            return max(found)
+        if name == "min":
+            return min(found)
+        total = math.fsum(found)
+        return total / len(found) if name == "avg" else total
+
+    def rate(self, address: str) -> float | NoData:
+        history = self.engine.history.get(address)
+        if isinstance(self.reading(address), NoData) or history is None:
+            return NO_DATA
+        previous, (v1, t1) = history
+        if previous is None:
+            return NO_DATA
+        v0, t0 = previous
+        return (v1 - v0) / ((t1 - t0) / 1e6)
+
+
+class AlarmEngine:
+    """Instances of `rules`; `restore` what a store kept before the first `evaluate`."""
+
+    def __init__(self, rules: Iterable[Rule]) -> None:
+        self.rules = {r.name: r for r in rules}
+        self._instances: dict[tuple[str, str], AlarmStatus] = {}
+        self._keys: frozenset[str] = frozenset()
+        self._matches: dict[str, list[str]] = {}
+        # rate(): per address the previous and the last (value, timestamp_us) of distinct samples
+        self.history: dict[str, tuple[tuple[float, int] | None, tuple[float, int]]] = {}
+        self._rated = sorted({a.pattern for r in self.rules.values()
+                              for e in (r.expression, r.clear_expression) if e is not None
+                              for a in e.rated})
+
+    def matches(self, pattern: str, values: Mapping[str, Reading]) -> list[str]:
+        """The addresses of `values` a pattern matches (cached while the set of addresses is the same)."""
+        if len(values) != len(self._keys) or values.keys() != self._keys:
+            self._keys, self._matches = frozenset(values), {}
+        found = self._matches.get(pattern)
+        if found is None:
+            regex = pattern_regex(pattern)
+            found = self._matches[pattern] = sorted(a for a in values if regex.match(a))
+        return found
+
+    def evaluate(self, values: Mapping[str, Reading], comm: Mapping[str, CommState], now_us: int) -> list[Transition]:
+        """Step every instance once at `now_us`; one transition per instance whose state changed."""
+        for pattern in self._rated:
+            for address in self.matches(pattern, values):
+                self._remember(address, values[address])
+        ctx = _Context(self, values, comm)
+        out: list[Transition] = []
+        for rule in self.rules.values():
+            for device in self._devices(rule, values):
+                key = (rule.name, device)
+                old = self._instances.get(key) or AlarmStatus(rule.name, device, AlarmState.OK, rule.severity)
+                new = self._step(rule, old, ctx, now_us)
+                self._instances[key] = new
+                if new.state is not old.state:
+                    out.append(self._transition(rule, new, old.state, now_us))
+        return out
+
+    def ack(self, rule: str, device: str, now_us: int) -> Transition:
+        """Acknowledge: an active (or clearing) alarm stays active, acked; a latched one returns to ok."""
+        status = self._instances.get((rule, device))
+        if status is None:
+            known = [f"{r}/{d}" for r, d in self._instances]
+            raise AlarmError(f"no alarm '{rule}/{device}' (known: {', '.join(known[:20]) or 'none'}"
+                             f"{', …' if len(known) > 20 else ''})")
+        raised = status.state in {AlarmState.ACTIVE, AlarmState.CLEARING, AlarmState.LATCHED} or (
+            status.state in {AlarmState.NO_DATA, AlarmState.INHIBITED} and status.held is AlarmState.ACTIVE)
+        if not raised:
+            raise AlarmError(f"alarm '{status.id}' is {status.state.value}: nothing to acknowledge")
+        new = replace(status, acked=True)
+        if status.state is AlarmState.LATCHED:
+            new = replace(new, state=AlarmState.OK, since_us=now_us)
+        self._instances[(rule, device)] = new
+        return self._transition(self.rules[rule], new, status.state, now_us, "acknowledged")
+
+    def states(self) -> list[AlarmStatus]:
+        """Every instance, by rule then device."""
+        return self.snapshot()
+
+    def snapshot(self, ids: Iterable[str] | None = None) -> list[AlarmStatus]:
+        """The instances to persist (all, or those named "<rule>/<device>")."""
+        wanted = None if ids is None else set(ids)
+        return [s for _, s in sorted(self._instances.items()) if wanted is None or s.id in wanted]
+
+    def restore(self, statuses: Iterable[AlarmStatus]) -> list[str]:
+        """Take back stored instances (severity from the current rule); returns the ids dropped
+        because their rule is gone or now has no per-device instances."""
+        dropped = []
+        for s in statuses:
+            rule = self.rules.get(s.rule)
+            if rule is None or (s.device == SITE) == bool(rule.expression.per_device):
+                dropped.append(s.id)
+                continue
+            self._instances[(s.rule, s.device)] = replace(s, severity=rule.severity)
+        return dropped
+
+    def _remember(self, address: str, reading: Reading) -> None:
+        value = _number(reading)
+        if isinstance(value, NoData):
+            return
+        last = self.history.get(address)
+        if last is None:
+            self.history[address] = (None, (value, reading.timestamp_us))
+        elif reading.timestamp_us > last[1][1]:
+            self.history[address] = (last[1], (value, reading.timestamp_us))
+
+    def _devices(self, rule: Rule, values: Mapping[str, Reading]) -> list[str]:
+        if not rule.expression.per_device:
+            return [SITE]
+        devices = {a.split("/", 1)[0] for p in rule.expression.per_device for a in self.matches(p, values)}
+        devices.update(d for r, d in self._instances if r == rule.name)
+        return sorted(devices)
+
+    def _step(self, rule: Rule, s: AlarmStatus, ctx: _Context, now: int) -> AlarmStatus:
+        if rule.expression.per_device and ctx.comm.get(s.device) is CommState.LOST:
+            return _hold(s, AlarmState.INHIBITED, None, now)
+        value = rule.expression.value(ctx, s.device)
+        cond = rule.expression.evaluate(ctx, s.device)
+        clear = (rule.clear_expression.evaluate(ctx, s.device) if rule.clear_expression is not None
+                 else cond if isinstance(cond, NoData) else not cond)
+        if isinstance(cond, NoData) or isinstance(clear, NoData):
+            return _hold(s, AlarmState.NO_DATA, value, now)
+        s = replace(s, value=value)
+        if s.state in {AlarmState.NO_DATA, AlarmState.INHIBITED}:
+            s = replace(s, state=s.held, since_us=now)
+        state = s.state
+        if state is AlarmState.OK and cond:
+            return _raise(s, now) if rule.for_s <= 0 else replace(s, state=AlarmState.PENDING, since_us=now)
+        if state is AlarmState.PENDING:
+            if not cond:
+                return replace(s, state=AlarmState.OK, since_us=now)
+            return _raise(s, now) if now - s.since_us >= round(rule.for_s * 1e6) else s
+        if state is AlarmState.ACTIVE and clear:
+            return _cleared(rule, s, now) if rule.off_delay_s <= 0 else replace(
+                s, state=AlarmState.CLEARING, since_us=now)
+        if state is AlarmState.CLEARING:
+            if not clear:
+                return replace(s, state=AlarmState.ACTIVE, since_us=now)
+            return _cleared(rule, s, now) if now - s.since_us >= round(rule.off_delay_s * 1e6) else s
+        if state is AlarmState.LATCHED and cond:
+            return replace(s, state=AlarmState.ACTIVE, since_us=now)
+        return s
+
+    def _transition(self, rule: Rule, s: AlarmStatus, previous: AlarmState, now: int, note: str = "") -> Transition:
+        if s.state is AlarmState.INHIBITED:
+            what = f"{s.device} comm LOST"
+        else:
+            what = rule.expression.text(s.device, s.value)
+            if rule.for_s > 0:
+                what += f" for {rule.for_s:.1f} s"
+        text = f"{rule.name}: {what}: {note + ', ' if note else ''}{s.state.value}"
+        return Transition(s.id, s.rule, s.device, s.state, previous, rule.severity, s.acked, s.value, now, text)
+
+
+def _hold(s: AlarmStatus, state: AlarmState, value: float | None, now: int) -> AlarmStatus:
+    """no_data or inhibited, remembering whether the alarm was raised; a latched alarm stays latched."""
+    if s.state is AlarmState.LATCHED or s.state is state:
+        return s
+    held = s.held if s.state in {AlarmState.NO_DATA, AlarmState.INHIBITED} else (
+        AlarmState.ACTIVE if s.state in {AlarmState.ACTIVE, AlarmState.CLEARING} else AlarmState.OK)
+    return replace(s, state=state, held=held, value=value, since_us=now)
+
+
+def _raise(s: AlarmStatus, now: int) -> AlarmStatus:
+    return replace(s, state=AlarmState.ACTIVE, acked=False, since_us=now)
+
+
+def _cleared(rule: Rule, s: AlarmStatus, now: int) -> AlarmStatus:
+    state = AlarmState.LATCHED if rule.latch and not s.acked else AlarmState.OK
+    return replace(s, state=state, since_us=now)
