@@ -122,11 +122,10 @@ def why_unusable(reading: Reading | None, address: str) -> str | None:
 class Exclusions:
     """Which strings (or addresses) are out and why; `update` gives one event per change, not one per cycle.
 
-    Events read "<controller>: <name> <left>: <reason>" and "<controller>: <name> <back>".
+    Events read "<name> <left>: <reason>" and "<name> <back>" (the cycle prefixes the controller).
     """
 
-    def __init__(self, controller: str, left: str, back: str) -> None:
-        self.controller = controller
+    def __init__(self, left: str, back: str) -> None:
         self.left = left
         self.back = back
         self.reasons: dict[str, str] = {}
@@ -138,8 +137,8 @@ class Exclusions:
             before = self.reasons.get(name)
             if reason is None and before is not None:
                 del self.reasons[name]
-                events.append(f"{self.controller}: {name} {self.back}")
+                events.append(f"{name} {self.back}")
             elif reason is not None and reason != before:
                 self.reasons[name] = reason
-                events.append(f"{self.controller}: {name} {self.left}: {reason}")
+                events.append(f"{name} {self.left}: {reason}")
         return events

@@ -53,7 +53,7 @@ class LimitEnforcement:
         self.strings = strings
         self.reject = mode == "reject"
         self.pairs = dict(pairs or PAIRS)
-        self.exclusions = Exclusions(name, "held at its minimum", "bounded by the live limit again")
+        self.exclusions = Exclusions("held at its minimum", "bounded by the live limit again")
 
     @classmethod
     def from_options(cls, name: str, options: Mapping[str, Any]) -> LimitEnforcement:

@@ -104,7 +104,7 @@ class SiteLimits:
         self.share = share
         self.channels = {**CHANNEL_DEFAULTS, **(channels or {})}
         self.capacity_ah = dict(capacity_ah or {})
-        self.exclusions = Exclusions(name, f"left out of {site}", f"back in {site}")
+        self.exclusions = Exclusions(f"left out of {site}", f"back in {site}")
 
     @classmethod
     def from_options(cls, name: str, options: Mapping[str, Any]) -> SiteLimits:

@@ -115,7 +115,7 @@ class SocBalance:
         self.names = {**NAME_DEFAULTS, **(names or {})}
         self.capacity_ah = dict(capacity_ah or {})
         self.resolution_a = resolution_a
-        self.exclusions = Exclusions(name, "left out of the balance", "back in the balance")
+        self.exclusions = Exclusions("left out of the balance", "back in the balance")
         self.request_problem: str | None = None
 
     @classmethod
@@ -179,8 +179,7 @@ class SocBalance:
         problem = current if isinstance(current, str) else None
         events: list[str] = []
         if problem != self.request_problem:
-            events.append(f"{self.name}: no setpoints: {problem}" if problem is not None
-                          else f"{self.name}: {self.request} usable again")
+            events.append(f"no setpoints: {problem}" if problem is not None else f"{self.request} usable again")
             self.request_problem = problem
         if isinstance(current, str):
             return ControllerOutput(events=events)
