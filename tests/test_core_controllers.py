@@ -318,6 +318,7 @@ def test_enforcement_rejects_a_70_a_setpoint_above_the_ccl_50_a() -> None:
     ({"pairs": {}}, "'pairs'"),
     ({"strings": "bms_0"}, "'strings'"),
     ({"clamp": True}, "'clamp'"),
+    ({"priority": 1.5}, "'priority'"),
 ])
 def test_enforcement_refuses_bad_options_by_key(options: dict[str, object], key: str) -> None:
     with pytest.raises(ConfigError, match=key):

@@ -66,6 +66,13 @@ class Options:
             raise self.refuse(key, "a positive number" if positive else "a finite number", value)
         return float(value)
 
+    def integer(self, key: str, default: int) -> int:
+        """An int (not a bool); `default` when absent."""
+        value = self.values.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.refuse(key, "an integer", value)
+        return value
+
     def per_name(self, key: str, names: list[str]) -> dict[str, float]:
         """A table name -> positive number whose names are all in `names` (e.g. capacity_ah)."""
         value = self.values.get(key, {})

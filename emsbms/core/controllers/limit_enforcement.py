@@ -60,7 +60,7 @@ class LimitEnforcement:
         opts = Options(name, TYPE_NAME, options, {"strings", "mode", "pairs", "priority"})
         strings = opts.names("strings") if "strings" in options else None
         return cls(name, strings=strings, mode=opts.choice("mode", MODES), pairs=opts.table("pairs", PAIRS),
-                   priority=int(opts.number("priority", 0) or 0))
+                   priority=opts.integer("priority", 0))
 
     def run(self, image: ProcessImage, now_us: int) -> ControllerOutput:
         clamps: dict[str, Clamp] = {}

@@ -111,10 +111,9 @@ class SiteLimits:
         known = {"strings", "site", "share", "capacity_ah", "priority", *CHANNEL_DEFAULTS}
         opts = Options(name, TYPE_NAME, options, known)
         strings = opts.names("strings")
-        priority = opts.number("priority", 0)
         return cls(name, strings, site=opts.text("site", "ess0"), share=opts.choice("share", SHARES),
                    channels={key: opts.text(key, default) for key, default in CHANNEL_DEFAULTS.items()},
-                   capacity_ah=opts.per_name("capacity_ah", strings), priority=int(priority or 0))
+                   capacity_ah=opts.per_name("capacity_ah", strings), priority=opts.integer("priority", 0))
 
     def read_string(self, image: ProcessImage, name: str) -> StringValues | str:
         """The string's numbers, or why it takes no part."""

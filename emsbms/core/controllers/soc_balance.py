@@ -135,7 +135,7 @@ class SocBalance:
                    names={key: opts.text(key, default) for key, default in NAME_DEFAULTS.items()},
                    capacity_ah=opts.per_name("capacity_ah", strings),
                    resolution_a=opts.number("resolution_a", 0.1, positive=True) or 0.1,
-                   priority=int(opts.number("priority", 0) or 0))
+                   priority=opts.integer("priority", 0))
 
     def site_current(self, image: ProcessImage) -> float | str:
         """The signed site current, or why there is none."""
