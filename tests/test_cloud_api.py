@@ -278,6 +278,8 @@ CONTRACT = {
     ("post", "/sites"), ("get", "/sites"), ("get", "/sites/{site}/channels"), ("get", "/sites/{site}/series"),
     ("post", "/sites/{site}/commands"), ("post", "/profiles"), ("put", "/sites/{site}/config"),
     ("get", "/sites/{site}/config"), ("get", "/sites/{site}/events"),
+    ("get", "/sites/{site}/alarms"), ("post", "/sites/{site}/alarms/{alarm_id}/ack"), ("post", "/webhooks"),
+    ("get", "/webhooks"), ("delete", "/webhooks/{webhook_id}"),
 }
 
 

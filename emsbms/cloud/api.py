@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse
 from psycopg import Connection
 from pydantic import BaseModel, ConfigDict, Field
 
-from emsbms.cloud import queries
+from emsbms.cloud import alarms_api, queries
 from emsbms.cloud.commands import Outcome, Waiters, cloud_check, new_id, record, send
 from emsbms.cloud.publisher import PublishError
 from emsbms.cloud.repository import ApiError, Version, add_profile, config_state, dumps, put_config, validate_profile
@@ -225,6 +225,7 @@ def create_app(service: Service) -> FastAPI:
             site_of(conn, site)
             return config_state(conn, site)
 
+    alarms_api.register(app, prefix, service, tenant, site_of)
     return app
 
 

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 from emsbms.cloud.ingest_records import (
     STREAMS,
+    AlarmRow,
     Batch,
     Birth,
     ChannelRow,
@@ -46,6 +48,9 @@ EVENT_KINDS = frozenset({"comm", "alarm", "emcy", "dm1", "identity", "command", 
 SEVERITIES = frozenset({"ok", "info", "warning", "alarm"})
 PROTOCOLS = frozenset({"dbc", "canopen", "j1939"})
 CHANNEL_KINDS = frozenset({"measurement", "alarm", "command", "state"})
+ALARM_STATES = frozenset({"ok", "pending", "active", "clearing", "latched", "no_data", "inhibited"})
+ALARM_SEVERITIES = frozenset({"INFO", "WARNING", "FAULT"})
+RULE_NAME = re.compile(r"[A-Za-z0-9_-]{1,200}")
 
 
 class PayloadError(EmsbmsError):
@@ -187,6 +192,10 @@ def _batch(r: _Reader, org: str, site: str, kind: Kind, data: dict[str, Any]) ->
         events = tuple(_event(r, r.obj(e, f"events[{i}]"), f"events[{i}].")
                        for i, e in enumerate(r.array(data, "events", "")))
         return Batch(org, site, kind, session, seq, stamp, historical, events=events)
+    if kind is Kind.ALARMS:
+        alarms = tuple(_alarm(r, r.obj(a, f"alarms[{i}]"), f"alarms[{i}].")
+                       for i, a in enumerate(r.array(data, "alarms", "", limit=10_000)))
+        return Batch(org, site, kind, session, seq, stamp, historical, alarms=alarms)
     r.boolean(data, "refresh", "")
     samples = _samples(r, r.array(data, "samples", "", limit=500))
     return Batch(org, site, kind, session, seq, stamp, historical, samples=samples)
@@ -232,6 +241,26 @@ def _event(r: _Reader, e: dict[str, Any], path: str) -> EventRow:
               "severity": r.text(e, "severity", path, choices=SEVERITIES),
               "text": r.text(e, "text", path), "repeat": r.integer(e, "repeat", path, 1, BIGINT_MAX)}
     return EventRow(stamp, str(detail["kind"]), source, detail)
+
+
+def _alarm(r: _Reader, a: dict[str, Any], path: str) -> AlarmRow:
+    """One alarm transition: rule a name, device one topic level, `id` = rule/device, states and severity enums."""
+    rule, device = r.text(a, "rule", path), r.text(a, "device", path)
+    if not RULE_NAME.fullmatch(rule):
+        raise r.fail(path + "rule", "a rule name of A-Z, a-z, 0-9, '_', '-'", rule)
+    if not device or "/" in device:
+        raise r.fail(path + "device", "a non-empty device name without '/'", device)
+    if r.text(a, "id", path) != f"{rule}/{device}":
+        raise r.fail(path + "id", f"'{rule}/{device}' (rule/device)", a.get("id"))
+    return AlarmRow(rule, device, r.text(a, "state", path, choices=ALARM_STATES),
+                    r.text(a, "previous", path, choices=ALARM_STATES),
+                    r.text(a, "severity", path, choices=ALARM_SEVERITIES), r.boolean(a, "acked", path),
+                    r.number(a, "value", path) if "value" in a else _absent(r, path + "value"),
+                    r.timestamp(a, "timestamp_us", path), r.text(a, "text", path))
+
+
+def _absent(r: _Reader, key: str) -> float | None:
+    raise r.fail(key, "a finite number or null", MISSING)
 
 
 def _birth(r: _Reader, org: str, site: str, data: dict[str, Any]) -> Birth:

@@ -17,9 +17,10 @@ class Kind(StrEnum):
     EVENTS = "events"
     CMD_RESULT = "cmd/result"
     CONFIG_STATUS = "config/status"
+    ALARMS = "alarms"
 
 
-STREAMS = (Kind.TELEMETRY, Kind.HEALTH, Kind.EVENTS)
+STREAMS = (Kind.TELEMETRY, Kind.HEALTH, Kind.EVENTS, Kind.ALARMS)
 """The kinds numbered by (session, seq)."""
 
 
@@ -45,8 +46,24 @@ class EventRow:
 
 
 @dataclass(frozen=True)
+class AlarmRow:
+    """One alarm transition or acknowledgement of the `alarms` topic (notes: the alarms contract)."""
+
+    rule: str
+    device: str
+    state: str
+    previous: str
+    severity: str
+    acked: bool
+    value: float | None
+    timestamp_us: int
+    text: str
+
+
+@dataclass(frozen=True)
 class Batch:
-    """A telemetry, health or events message: one (stream, session, seq) with its samples or events."""
+    """A telemetry, health, events or alarms message: one (stream, session, seq) with its samples, events or
+    alarms."""
 
     org: str
     site: str
@@ -57,6 +74,7 @@ class Batch:
     historical: bool
     samples: tuple[SampleRow, ...] = ()
     events: tuple[EventRow, ...] = ()
+    alarms: tuple[AlarmRow, ...] = ()
 
 
 @dataclass(frozen=True)

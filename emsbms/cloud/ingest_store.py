@@ -16,6 +16,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
+from emsbms.cloud.alarms_store import write_alarms
 from emsbms.cloud.database import ensure_partitions
 from emsbms.cloud.ingest_gaps import Gap, Run, settle
 from emsbms.cloud.ingest_parse import Batch, Birth, ConfigStatus, Record, State
@@ -96,6 +97,8 @@ def _write_batches(conn: Conn, org: str, batches: list[tuple[Batch, int]], done:
                      f" * interval '1 microsecond', {STAGE_COLUMNS.split(', ', 2)[2]} FROM ingest_stage", [org])
         done.samples += len(samples)
         _latest(conn, org, samples)
+    if any(b.alarms for b in new):
+        write_alarms(conn, org, [b for b in new if b.alarms], max(at for _, at in batches))
     events = [(b, e) for b in new for e in b.events]
     for b, e in events:
         conn.execute("INSERT INTO events (org_id, site, timestamp_us, kind, device, detail) VALUES (%s, %s, %s, %s,"

@@ -24,6 +24,7 @@ from emsbms.cloud.api import create_app
 from emsbms.cloud.broker_admin import BrokerAdmin, BrokerAdminError
 from emsbms.cloud.commands import Waiters
 from emsbms.cloud.ingest import Ingest, broker_login
+from emsbms.cloud.notify import Notifier
 from emsbms.cloud.publisher import Publisher
 from emsbms.cloud.repository import ApiError, shipped_profiles
 from emsbms.errors import ConfigError, EmsbmsError
@@ -48,11 +49,14 @@ class CloudService:
         self.shipped = shipped_profiles()
         self.waiters = Waiters()
         self.publisher = Publisher(broker_url, self._result)
+        self.notifier = Notifier(db)
 
     def start(self) -> None:
         self.publisher.start()
+        self.notifier.start()
 
     def stop(self) -> None:
+        self.notifier.stop()
         self.publisher.stop()
 
     def org(self, org: str) -> AbstractContextManager[Connection[Any]]:
