@@ -14,8 +14,10 @@ from emsbms.alarms import (
     AlarmState,
     AlarmStore,
     Severity,
+    ack_target,
     parse_expression,
     parse_rules,
+    state_address,
 )
 from emsbms.errors import ConfigError
 from emsbms.types import CommState, Quality, Reading
@@ -221,6 +223,13 @@ def test_ack_while_active_keeps_it_active_and_then_it_clears_to_ok() -> None:
     t = e.ack("hot", "bms_0", 1 * S)
     assert (t.previous, t.state, t.acked) == (ACTIVE, ACTIVE, True)
     assert step(e, 3.5, 2) == [("active", "ok")]  # acknowledged already: no latch
+
+
+def test_the_channel_and_the_ack_command_addresses() -> None:
+    assert state_address("hot", "bms_0") == "alarms/hot/bms_0/State"
+    assert ack_target("alarms/cell-hot/site/Ack") == ("cell-hot", "site")
+    with pytest.raises(AlarmError, match=r"expected an address alarms/<rule>/<device>/Ack, found 'alarms/hot/Ack'"):
+        ack_target("alarms/hot/Ack")
 
 
 def test_ack_of_an_unknown_or_quiet_alarm_is_refused() -> None:

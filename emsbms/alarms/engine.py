@@ -253,6 +253,19 @@ class AlarmEngine:
         return Transition(s.id, s.rule, s.device, s.state, previous, rule.severity, s.acked, s.value, now, text)
 
 
+def state_address(rule: str, device: str) -> str:
+    """The instance's channel (kind STATE, the state's value): ``alarms/<rule>/<device>/State``."""
+    return f"alarms/{rule}/{device}/State"
+
+
+def ack_target(address: str) -> tuple[str, str]:
+    """(rule, device) of an acknowledgement command address ``alarms/<rule>/<device>/Ack``."""
+    parts = address.split("/")
+    if len(parts) != 4 or parts[0] != "alarms" or parts[3] != "Ack" or not parts[1] or not parts[2]:
+        raise AlarmError(f"expected an address alarms/<rule>/<device>/Ack, found {address!r}")
+    return parts[1], parts[2]
+
+
 def _hold(s: AlarmStatus, state: AlarmState, value: float | None, now: int) -> AlarmStatus:
     """no_data or inhibited, remembering whether the alarm was raised; a latched alarm stays latched."""
     if s.state is AlarmState.LATCHED or s.state is state:
