@@ -219,8 +219,10 @@ class CommandDispatcher:
         except Exception as e:
             log.exception("writing %s = %s failed", w.address, w.value)
             result = CommandResult(w.address, w.value, CommandStatus.REJECTED, f"{type(e).__name__}: {e}")
-        with self._lock:
-            self.arbiter.record(w.address, w.value, job.at_us, result.status in ACCEPTED)
+        accepted = result.status in ACCEPTED
+        if accepted or w.source is not Source.MANUAL:  # a refused manual value leaves the device as it was
+            with self._lock:
+                self.arbiter.record(w.address, w.value, job.at_us, accepted)
         self._count(w.source, result)
         return result
 
