@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 
 import can
@@ -13,7 +14,7 @@ from emsbms.core.controller import Clamp, ControllerOutput, ProcessImage, Setpoi
 from emsbms.core.cycle import Cycle, CycleRunner
 from emsbms.core.dispatcher import CommandDispatcher, Override
 from emsbms.sim.runner import Simulation
-from emsbms.types import CommandStatus
+from emsbms.types import CommandResult, CommandStatus
 from tests.conftest import virtual_site, wait
 
 A, B = "bms_0/SetChargeCurrent", "bms_0/SetDischargeCurrent"
@@ -201,3 +202,48 @@ def test_a_manual_write_the_edge_refuses_records_no_override(live: tuple[Edge, c
         assert requests(edge, listener) == []
     finally:
         dispatcher.stop()
+
+
+class GatedWriter:
+    """A writer whose writes to bms_1 wait for a gate (a device that answers slowly); the others answer at once."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.done: list[tuple[str, float]] = []
+
+    def write(self, address: str, value: float, timeout: float = 2.0) -> CommandResult:
+        if address.startswith("bms_1/"):
+            self.gate.wait(30)
+        self.done.append((address, value))
+        return CommandResult(address, value, CommandStatus.SENT)
+
+
+def test_a_slow_device_blocks_neither_the_cycle_nor_another_device_and_keeps_only_its_newest_value() -> None:
+    writer = GatedWriter()
+    with CommandDispatcher(writer, clock=lambda: 0) as dispatcher:
+        dispatcher.submit({Source.AUTO: {"bms_1/SetChargeCurrent": 1.0}}, {}, 0)
+        assert wait(lambda: dispatcher.pending("bms_1") == 0)  # taken by its worker, which now waits
+        for t, value in ((1, 2.0), (2, 3.0), (3, 4.0)):  # the cycle goes on while bms_1 is busy
+            dispatcher.submit({Source.AUTO: {"bms_1/SetChargeCurrent": value, A: value}}, {}, t)
+        assert wait(lambda: writer.done[-1:] == [(A, 4.0)])  # bms_0 written while bms_1 still waits
+        assert {a for a, _ in writer.done} == {A}
+        assert dispatcher.pending("bms_1") == 1  # 2 and 3 replaced by the newest, 4
+        writer.gate.set()
+        assert wait(lambda: writer.done[-2:] == [("bms_1/SetChargeCurrent", 1.0), ("bms_1/SetChargeCurrent", 4.0)])
+
+
+def test_a_manual_write_to_an_address_a_safety_controller_holds_is_refused_unsent() -> None:
+    writer = GatedWriter()
+    with CommandDispatcher(writer, clock=lambda: 0) as dispatcher:
+        dispatcher.submit({Source.SAFETY: {A: 0.0}}, {B: Clamp(None, 40.0, True, "DCL 40 A")}, 0)
+        assert wait(lambda: writer.done == [(A, 0.0)])
+        held = dispatcher.manual_write(A, 50.0)
+        assert (held.status, held.detail) == (
+            CommandStatus.REJECTED, f"{A} is held by a safety controller at 0; a manual value cannot override it;"
+                                    " nothing sent")
+        above = dispatcher.manual_write(B, 45.0)
+        assert above.detail == "45 is outside the live limits [None, 40.0] (DCL 40 A); nothing sent"
+        assert dispatcher.manual_write(B, 35.0).status is CommandStatus.SENT
+        assert writer.done == [(A, 0.0), (B, 35.0)]
+        assert [o.address for o in dispatcher.overrides()] == [B]
+        assert (dispatcher.writes[Source.MANUAL], dispatcher.rejected[Source.MANUAL]) == (3, 2)

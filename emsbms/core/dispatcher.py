@@ -169,6 +169,15 @@ class CommandDispatcher:
 
     # -- the workers ------------------------------------------------------------------------
 
+    def pending(self, device: str) -> int:
+        """How many writes wait in `device`'s queue (not counting the one being written)."""
+        with self._lock:
+            worker = self._workers.get(device)
+        if worker is None:
+            return 0
+        with worker.cond:
+            return len(worker.manual) + len(worker.pending)
+
     def _enqueue(self, job: _Job) -> None:
         """Queue `job` on its device's worker (call under self._lock)."""
         device = job.write.address.split("/", 1)[0]
