@@ -23,11 +23,11 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from emsbms.bench import commands, decode, devices, e2e, startup, uplink_scenarios
+from emsbms.bench import cloud, commands, decode, devices, e2e, startup, uplink_scenarios
 from emsbms.bench.measure import cores
 
 SCENARIOS = ("decode", "capacity", "e2e", "udp", "devices", "commands", "startup", "uplink-commands",
-             "uplink-config", "uplink-telemetry")
+             "uplink-config", "uplink-telemetry", "cloud-ingest", "cloud-api", "cloud-fleet")
 
 
 class _CountingHandler(logging.Handler):
@@ -156,6 +156,11 @@ def main(argv: list[str] | None = None) -> int:
                           lambda: uplink_scenarios.config(q)),
         "uplink-telemetry": ("Uplink: telemetry, backlog drain and CPU, 32 and 128 devices (quick: 4)",
                              lambda: uplink_scenarios.telemetry(q, d)),
+        "cloud-ingest": ("Cloud: ingest samples/s into PostgreSQL vs a bare COPY; 1 vs 2 ingest processes",
+                         lambda: cloud.ingest(q)),
+        "cloud-api": ("Cloud: command via the API vs a local edge.write; config to channels; series",
+                      lambda: cloud.api(q)),
+        "cloud-fleet": ("Cloud: a fleet of light edges into emsbms cloud serve", lambda: cloud.fleet(q, d)),
     }
     doc: dict[str, Any] = {
         "cores": cores(), "python": platform.python_version(), "platform": platform.platform(),
