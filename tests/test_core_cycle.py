@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import textwrap
+import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -251,3 +253,28 @@ def test_a_third_party_controller_comes_through_its_entry_point(tmp_path: Path,
         controller_class("broken")
     with pytest.raises(ConfigError, match=r"known types: .*test-threshold, broken, fixed-current"):
         controller_class("nope")
+
+
+def test_the_third_party_controller_of_docs_core_md_runs_as_documented(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    docs = (Path(__file__).parent.parent / "docs" / "core.md").read_text(encoding="utf-8")
+    source = re.search(r"```python\n# ems_peak.py\n(.*?)```", docs, re.S)
+    entry = re.search(r'```toml\n(\[project.entry-points."emsbms.controllers"\]\n.*?)```', docs, re.S)
+    assert source is not None and entry is not None
+    (tmp_path / "ems_peak.py").write_text(source.group(1))
+    info = tmp_path / "ems_peak-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: ems-peak\nVersion: 1.0\n")
+    points = tomllib.loads(entry.group(1))["project"]["entry-points"]["emsbms.controllers"]
+    lines = "".join(f"{k} = {v}\n" for k, v in points.items())
+    (info / "entry_points.txt").write_text("[emsbms.controllers]\n" + lines)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    table = {"name": "peak", "type": "peak-shaving", "meter": "meter0/Power", "string": "bms_0", "threshold_w": 5000}
+    [peak] = build_controllers([table])
+    image = ProcessImage({"meter0/Power": reading(6200.0)}, 0, limits={"bms_0/SetDischargeCurrent": (0.0, 120.0)})
+    quiet = ProcessImage({"meter0/Power": reading(4000.0)}, 0, limits={"bms_0/SetDischargeCurrent": (0.0, 120.0)})
+    cycle = Cycle([peak])
+    assert cycle.step(image, 0).setpoints[Source.AUTO] == {"bms_0/SetDischargeCurrent": 120.0}
+    assert cycle.step(quiet, 0).setpoints[Source.AUTO] == {"bms_0/SetDischargeCurrent": 0.0}
+    with pytest.raises(ConfigError, match=r"unknown option\(s\) step_a; accepted: meter, string, threshold_w, idle_a"):
+        build_controllers([{**table, "step_a": 1}])
