@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -19,11 +20,13 @@ from emsbms.edge.dispatch import Dispatcher, now_us
 from emsbms.edge.lock import EdgeLock
 from emsbms.edge.reconfig import SiteChange, plan_change
 from emsbms.edge.registry import Callback, Registry, Snapshot, Subscription
+from emsbms.edge.workers import RemoteCommands, WorkerPool
 from emsbms.errors import ConfigError, UnknownAddressError, UnsupportedError
 from emsbms.profile.models import Profile
 from emsbms.protocols import adapter_class
 from emsbms.protocols.base import Adapter
 from emsbms.site import Site, build_adapters, load_profiles, load_site
+from emsbms.site.groups import plan_groups
 from emsbms.types import ChannelInfo, ChannelKind, CommandResult, Reading, Sample
 
 log = logging.getLogger(__name__)
@@ -56,25 +59,32 @@ class Edge:
             edge.write("bms_0/SetChargeCurrent", 50.0)
     """
 
-    def __init__(self, site: Site, bus_factory: BusFactory = open_python_can, queue_size: int = 50_000) -> None:
+    def __init__(self, site: Site, bus_factory: BusFactory = open_python_can, queue_size: int = 50_000,
+                 registry: Registry | None = None) -> None:
         self.site = site
         self.profiles = load_profiles(site)
         self.adapters = build_adapters(site, self.profiles)
-        self.registry = Registry()
+        self.registry = Registry() if registry is None else registry
         self._bus_factory, self._queue_size = bus_factory, queue_size
+        plan = {} if bus_factory is not open_python_can and site.workers == "auto" else \
+            plan_groups(site.buses, site.groups, site.workers, os.cpu_count() or 1)
+        self.pool = WorkerPool(site, plan, self.registry, type(self), bus_factory, queue_size) if plan else None
+        """The bus groups' worker processes (docs/architecture.md, "Bus groups"); None: one process."""
+        local = [b for b in site.buses if self.pool is None or b.name not in self.pool.owner]
         self.runners: dict[str, BusRunner] = {
-            b.name: BusRunner(b, bus_factory, queue_size=queue_size) for b in site.buses
+            b.name: BusRunner(b, bus_factory, queue_size=queue_size) for b in local
         }
         self.dispatchers: dict[str, Dispatcher] = {}
-        for b in site.buses:
+        for b in local:
             mine = [a for a in self.adapters.values() if a.device.bus == b.name]
             self.dispatchers[b.name] = Dispatcher(self.runners[b.name], mine, self.registry)
         for d in self.dispatchers.values():
             self.registry.declare(d.channels())
         for a in self.adapters.values():
             self.registry.declare(a.channels())
-        self.commands = {
-            name: CommandChannel(a, self.dispatchers[a.device.bus]) for name, a in self.adapters.items()
+        self.commands: dict[str, CommandChannel | RemoteCommands] = {
+            name: CommandChannel(a, self.dispatchers[a.device.bus]) if self.pool is None or a.device.bus
+            not in self.pool.owner else self.pool.commands(name, a.device.bus) for name, a in self.adapters.items()
         }
         self.started_us = 0
         self._running = False
@@ -115,6 +125,15 @@ class Edge:
             raise
         for d in self.dispatchers.values():
             d.start()
+        if self.pool is not None:
+            try:
+                self.pool.start()
+            except BaseException:
+                for d in self.dispatchers.values():
+                    d.stop()
+                for r in self.runners.values():
+                    r.close()
+                raise
         self._stop_workers.clear()
         for a in self.adapters.values():
             if a.has_background:
@@ -158,6 +177,8 @@ class Edge:
             d.stop()
         for r in self.runners.values():
             r.close()
+        if self.pool is not None:
+            self.pool.stop()
 
     def __enter__(self) -> Edge:
         return self.start()
@@ -292,6 +313,9 @@ class Edge:
         for name in names:
             if name not in self.adapters:
                 raise UnknownAddressError(f"no device {name!r}; known: {', '.join(self.adapters)}")
+            if self.adapters[name].device.bus not in self.dispatchers:
+                raise UnsupportedError(f"device {name}: its bus runs in a worker process (a bus group);"
+                                       " switch its profile in the site and restart the edge")
         adapter_class(profile.protocol).check_profile(profile)
         with self._activation_lock:
             for name in names:
@@ -344,6 +368,8 @@ class Edge:
         dispatchers keep running. Removed channels stay in the registry, marked stale, and are
         listed in `retired`. A failure midway puts every touched bus back as it ran, and raises.
         """
+        if self.pool is not None:  # a new site's own groups are not applied hot either: they count at start
+            raise UnsupportedError("apply_site: this site runs bus groups in worker processes; restart the edge")
         with self._activation_lock:
             change = plan_change(self.site, self.profiles, site, profiles)
             fresh = build_adapters(site, profiles)

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 from emsbms.can.config import BusConfig
 from emsbms.errors import ConfigError
 from emsbms.protocols.base import DeviceConfig
+from emsbms.site.groups import Workers, check_group, parse_group, parse_workers
 from emsbms.site.interfaces import CORE_KEYS, InterfaceError, interface_options, interfaces, wire, wrapped_interface
 
 MAX_ID = 0x1FFFFFFF
@@ -51,6 +52,8 @@ class Site:
     extra: dict[str, Any] = field(default_factory=dict)  # protocol-wide tables, e.g. [j1939]
     source: str = ""  # how errors name where the site came from (a file, the database)
     uplink: UplinkConfig | None = None  # the [uplink] table: the MQTT broker this edge reports to
+    groups: dict[str, str] = field(default_factory=dict)  # bus name -> its `group` (site/groups.py)
+    workers: Workers = "auto"  # [site] workers: "auto", "off" or a number of worker processes
 
     @property
     def label(self) -> str:
@@ -63,7 +66,7 @@ class Site:
         raise ConfigError(f"no bus {name!r}; known: {', '.join(b.name for b in self.buses)}")
 
 
-_SITE_KEYS: dict[str, type | tuple[type, ...]] = {"org": str, "name": str}
+_SITE_KEYS: dict[str, type | tuple[type, ...]] = {"org": str, "name": str, "workers": (str, int)}
 _DEVICE_KEYS: dict[str, type | tuple[type, ...]] = {
     "name": str, "bus": str, "profile": str, "id_offset": int, "node_id": int,
     "source_address": int, "j1939_name": int, "nmt_master": bool, "options": dict,
@@ -227,9 +230,14 @@ def parse_site(data: dict[str, Any], source: str = "<site>", path: Path | None =
             extra[protocol] = table
     buses: list[BusConfig] = []
     wires: dict[str, str] = {}
+    groups: dict[str, str] = {}
     for i, b in enumerate(_tables(source, data, "bus")):
         where = _where(source, "bus", i, b)
-        bus = parse_bus(where, b)
+        group = parse_group(where, b)
+        bus = parse_bus(where, {k: v for k, v in b.items() if k != "group"})
+        check_group(where, bus, group)
+        if group is not None:
+            groups[bus.name] = group
         if any(x.name == bus.name for x in buses):
             raise ConfigError(f"{where}: key 'name': duplicate bus name {bus.name!r}")
         _, channel, key = wire(bus)
@@ -247,6 +255,7 @@ def parse_site(data: dict[str, Any], source: str = "<site>", path: Path | None =
             raise ConfigError(f"{where}: key 'name': duplicate name {device.name!r}")
         devices.append(device)
     uplink = parse_uplink(source, _table(source, data, "uplink"), path) if "uplink" in data else None
+    workers = parse_workers(f"{source}: [site]", site.get("workers"), groups, {*bus_names, *(d.name for d in devices)})
     return Site(
         org=str(site.get("org", "")),
         name=str(site.get("name", path.stem if path else "site")),
@@ -256,6 +265,8 @@ def parse_site(data: dict[str, Any], source: str = "<site>", path: Path | None =
         extra=extra,
         source=source,
         uplink=uplink,
+        groups=groups,
+        workers=workers,
     )
 
 
