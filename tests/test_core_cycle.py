@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import textwrap
+import threading
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from emsbms.core.registry import build_controllers, controller_class, keyword_op
 from emsbms.edge.registry import Registry
 from emsbms.errors import ConfigError, UnknownAddressError
 from emsbms.types import ChannelInfo, ChannelKind, CommState, Quality, Reading, Sample
+from tests.conftest import wait
 
 
 def reading(value: object, quality: Quality = Quality.OK) -> Reading:
@@ -278,3 +280,17 @@ def test_the_third_party_controller_of_docs_core_md_runs_as_documented(tmp_path:
     assert cycle.step(quiet, 0).setpoints[Source.AUTO] == {"bms_0/SetDischargeCurrent": 0.0}
     with pytest.raises(ConfigError, match=r"unknown option\(s\) step_a; accepted: meter, string, threshold_w, idle_a"):
         build_controllers([{**table, "step_a": 1}])
+
+
+def test_the_runner_thread_runs_a_cycle_each_period_and_stops() -> None:
+    registry = Registry()
+    sink = Sink()
+    toy = Toy("t", Source.AUTO, 0, {"bms_0/SetChargeCurrent": 3.0})
+    runner = CycleRunner(EdgeOf(registry), Cycle([toy], period_s=0.01), sink).start()
+    try:
+        assert wait(lambda: runner.cycles >= 3)
+    finally:
+        runner.stop()
+    assert all(got == {Source.SAFETY: {}, Source.AUTO: {"bms_0/SetChargeCurrent": 3.0}} for got, _ in sink.got)
+    assert len(sink.got) == runner.cycles == len(toy.seen)
+    assert not any(t.name == "emsbms-core-cycle" for t in threading.enumerate())

@@ -210,11 +210,13 @@ class GatedWriter:
     def __init__(self) -> None:
         self.gate = threading.Event()
         self.done: list[tuple[str, float]] = []
+        self.timeouts: list[float] = []
 
     def write(self, address: str, value: float, timeout: float = 2.0) -> CommandResult:
         if address.startswith("bms_1/"):
             self.gate.wait(30)
         self.done.append((address, value))
+        self.timeouts.append(timeout)
         return CommandResult(address, value, CommandStatus.SENT)
 
 
@@ -243,7 +245,8 @@ def test_a_manual_write_to_an_address_a_safety_controller_holds_is_refused_unsen
                                     " nothing sent")
         above = dispatcher.manual_write(B, 45.0)
         assert above.detail == "45 is outside the live limits [None, 40.0] (DCL 40 A); nothing sent"
-        assert dispatcher.manual_write(B, 35.0).status is CommandStatus.SENT
+        assert dispatcher.manual_write(B, 35.0, timeout=0.5).status is CommandStatus.SENT
         assert writer.done == [(A, 0.0), (B, 35.0)]
+        assert writer.timeouts == [2.0, 0.5]  # the dispatcher's default for the cycle, the caller's for its write
         assert [o.address for o in dispatcher.overrides()] == [B]
         assert (dispatcher.writes[Source.MANUAL], dispatcher.rejected[Source.MANUAL]) == (3, 2)

@@ -45,6 +45,7 @@ class _Job:
     at_us: int
     done: threading.Event | None = None
     result: CommandResult | None = None
+    timeout: float | None = None
 
 
 @dataclass(eq=False)
@@ -138,7 +139,7 @@ class CommandDispatcher:
                            " a manual value cannot override it")
             if refusal is None:
                 number, refusal = bound(self.arbiter.clamps.get(address), number)
-            job = _Job(Write(address, number, Source.MANUAL), now, threading.Event())
+            job = _Job(Write(address, number, Source.MANUAL), now, threading.Event(), timeout=timeout)
             if refusal is None:
                 self._enqueue(job)
         if refusal is not None:
@@ -220,7 +221,7 @@ class CommandDispatcher:
 
     def _carry_out(self, job: _Job) -> CommandResult:
         w = job.write
-        timeout = self.timeout_s
+        timeout = self.timeout_s if job.timeout is None else job.timeout
         try:
             result = self.writer.write(w.address, w.value, timeout)
         except EmsbmsError as e:
