@@ -36,8 +36,8 @@ class AlarmState(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class AlarmStatus:
-    """One instance: its state, since when (the on- or off-delay's start), and the state it holds
-    while no_data or inhibited (active or ok)."""
+    """One instance: its state, since when (the on- or off-delay's start), the state it holds while
+    no_data or inhibited (active or ok), and the reported value at its last state change."""
 
     rule: str
     device: str
@@ -122,6 +122,7 @@ class AlarmEngine:
     def __init__(self, rules: Iterable[Rule]) -> None:
         self.rules = {r.name: r for r in rules}
         self._instances: dict[tuple[str, str], AlarmStatus] = {}
+        self._known: dict[str, set[str]] = {name: set() for name in self.rules}  # devices with an instance
         self._keys: frozenset[str] = frozenset()
         self._matches: dict[str, list[str]] = {}
         # rate(): per address the previous and the last (value, timestamp_us) of distinct samples
@@ -150,11 +151,18 @@ class AlarmEngine:
         for rule in self.rules.values():
             for device in self._devices(rule, values):
                 key = (rule.name, device)
-                old = self._instances.get(key) or AlarmStatus(rule.name, device, AlarmState.OK, rule.severity)
+                old = self._instances.get(key)
+                if old is None:
+                    old = self._instances[key] = AlarmStatus(rule.name, device, AlarmState.OK, rule.severity)
+                    self._known[rule.name].add(device)
                 new = self._step(rule, old, ctx, now_us)
-                self._instances[key] = new
-                if new.state is not old.state:
+                if new is old:  # the common case: nothing changed, nothing allocated
+                    continue
+                if new.state is not old.state:  # the value is taken when the state changes
+                    value = None if new.state is AlarmState.INHIBITED else rule.expression.value(ctx, device)
+                    new = replace(new, value=value)
                     out.append(self._transition(rule, new, old.state, now_us))
+                self._instances[key] = new
         return out
 
     def ack(self, rule: str, device: str, now_us: int) -> Transition:
@@ -193,6 +201,7 @@ class AlarmEngine:
                 dropped.append(s.id)
                 continue
             self._instances[(s.rule, s.device)] = replace(s, severity=rule.severity)
+            self._known[s.rule].add(s.device)
         return dropped
 
     def _remember(self, address: str, reading: Reading) -> None:
@@ -209,19 +218,17 @@ class AlarmEngine:
         if not rule.expression.per_device:
             return [SITE]
         devices = {a.split("/", 1)[0] for p in rule.expression.per_device for a in self.matches(p, values)}
-        devices.update(d for r, d in self._instances if r == rule.name)
+        devices.update(self._known[rule.name])
         return sorted(devices)
 
     def _step(self, rule: Rule, s: AlarmStatus, ctx: _Context, now: int) -> AlarmStatus:
         if rule.expression.per_device and ctx.comm.get(s.device) is CommState.LOST:
-            return _hold(s, AlarmState.INHIBITED, None, now)
-        value = rule.expression.value(ctx, s.device)
+            return _hold(s, AlarmState.INHIBITED, now)
         cond = rule.expression.evaluate(ctx, s.device)
         clear = (rule.clear_expression.evaluate(ctx, s.device) if rule.clear_expression is not None
                  else cond if isinstance(cond, NoData) else not cond)
         if isinstance(cond, NoData) or isinstance(clear, NoData):
-            return _hold(s, AlarmState.NO_DATA, value, now)
-        s = replace(s, value=value)
+            return _hold(s, AlarmState.NO_DATA, now)
         if s.state in {AlarmState.NO_DATA, AlarmState.INHIBITED}:
             s = replace(s, state=s.held, since_us=now)
         state = s.state
@@ -266,13 +273,13 @@ def ack_target(address: str) -> tuple[str, str]:
     return parts[1], parts[2]
 
 
-def _hold(s: AlarmStatus, state: AlarmState, value: float | None, now: int) -> AlarmStatus:
+def _hold(s: AlarmStatus, state: AlarmState, now: int) -> AlarmStatus:
     """no_data or inhibited, remembering whether the alarm was raised; a latched alarm stays latched."""
     if s.state is AlarmState.LATCHED or s.state is state:
         return s
     held = s.held if s.state in {AlarmState.NO_DATA, AlarmState.INHIBITED} else (
         AlarmState.ACTIVE if s.state in {AlarmState.ACTIVE, AlarmState.CLEARING} else AlarmState.OK)
-    return replace(s, state=state, held=held, value=value, since_us=now)
+    return replace(s, state=state, held=held, since_us=now)
 
 
 def _raise(s: AlarmStatus, now: int) -> AlarmStatus:
