@@ -3,10 +3,11 @@
 One `multiprocessing` Pipe per worker, one msgpack document per message:
 
 - worker → main: ``["info", [[address, unit, kind, description, min, max], ...]]`` once at start,
-  ``["ready", pid]``, ``["up", [sample | stale address, ...]]`` every dispatcher tick (10 ms) with
-  the registry updates in the order they were made (a sample ``[address, value, timestamp_us,
-  quality]`` keeps the frame's own µs timestamp; a bare address marks it stale), ``["result", id,
-  address, value, status, detail, frames]`` for a command, ``["error", text]``.
+  ``["ready", pid]``, ``["up", [sample | stale address, ...]]`` once per registry update of the
+  worker (one per dispatcher batch or tick, sent by the dispatcher thread itself), in order (a
+  sample ``[address, value, timestamp_us, quality]`` keeps the frame's own µs timestamp; a bare
+  address marks it stale), ``["result", id, address, value, status, detail, frames]`` for a
+  command, ``["error", text]``.
 - main → worker: ``["write", id, device, name, value, timeout]``, ``["stop"]``.
 
 Enum values (Quality, CommState, BusState, …) travel as msgpack ext type 1 ``"<Enum>:<value>"``
@@ -15,6 +16,7 @@ and come back as the same enum members.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -31,9 +33,6 @@ from emsbms.edge.registry import Registry
 from emsbms.types import AlarmLevel, ChannelInfo, ChannelKind, CommandStatus, CommState, Quality, Sample
 
 log = logging.getLogger(__name__)
-
-FLUSH_S = 0.01
-"""How often a worker sends what its registry received (one dispatcher tick)."""
 
 ENUMS: dict[str, type[Enum]] = {e.__name__: e for e in (Quality, CommState, BusState, AlarmLevel, ChannelKind,
                                                          CommandStatus)}
@@ -78,28 +77,6 @@ def info_from_rows(rows: Iterable[list[Any]]) -> list[ChannelInfo]:
     return [ChannelInfo(a, u, k, d, lo, hi) for a, u, k, d, lo, hi in rows]
 
 
-class ForwardingRegistry(Registry):
-    """A worker's registry: declares locally, forwards every update to the main process in order.
-
-    Readings are not kept here (the main registry keeps them): `apply` only queues them for the
-    next flush, which costs the receive path one list extend per batch.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.pending: list[Any] = []
-
-    def apply(self, samples: Iterable[Sample], stale: Iterable[str] = ()) -> None:
-        pending = self.pending
-        pending.extend(samples)
-        if stale:
-            pending.extend(stale)
-
-    def take(self) -> list[Any]:
-        taken, self.pending = self.pending, []  # one swap; appends after it go to the next flush
-        return taken
-
-
 class _Link:
     """The worker's end of the pipe; sends from several threads, one at a time."""
 
@@ -113,12 +90,33 @@ class _Link:
             self.conn.send_bytes(data)
 
 
+class ForwardingRegistry(Registry):
+    """A worker's registry: declares locally, sends every update to the main process at once.
+
+    Readings are not kept here (the main registry keeps them): `apply` sends one message per call,
+    i.e. per dispatcher batch, on the calling thread, so a main process that falls behind slows
+    the dispatcher and the bus queue counts the drops, as in one process.
+    """
+
+    def __init__(self, link: _Link) -> None:
+        super().__init__()
+        self.link = link
+
+    def apply(self, samples: Iterable[Sample], stale: Iterable[str] = ()) -> None:
+        items: list[Any] = list(samples)
+        if stale:
+            items.extend(stale)
+        if items:
+            with contextlib.suppress(OSError):  # the main process is gone: the worker is stopping
+                self.link.send(["up", items])
+
+
 def child_main(conn: Connection, edge_class: Any, site: Any, bus_factory: Any, queue_size: int) -> None:
     """The worker process: a plain Edge on the group's sub-site, its updates and results sent up."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process stops its workers itself
     logging.basicConfig(level=logging.WARNING, format=f"worker {os.getpid()}: %(levelname)s %(name)s: %(message)s")
     link = _Link(conn)
-    registry = ForwardingRegistry()
+    registry = ForwardingRegistry(link)
     try:
         edge = edge_class(site, bus_factory=bus_factory, queue_size=queue_size, registry=registry)
         link.send(["info", info_rows(registry.info(a) for a in registry.addresses())])
@@ -126,16 +124,6 @@ def child_main(conn: Connection, edge_class: Any, site: Any, bus_factory: Any, q
     except Exception as e:
         link.send(["error", f"{type(e).__name__}: {e}"])
         return
-    stop = threading.Event()
-
-    def flush() -> None:
-        while not stop.wait(FLUSH_S):
-            items = registry.take()
-            if items:
-                link.send(["up", items])
-
-    flusher = threading.Thread(target=flush, name="emsbms-worker-flush", daemon=True)
-    flusher.start()
     link.send(["ready", os.getpid()])
 
     def command(cid: int, device: str, name: str, value: float, timeout: float) -> None:
@@ -154,8 +142,3 @@ def child_main(conn: Connection, edge_class: Any, site: Any, bus_factory: Any, q
                 threading.Thread(target=command, args=tuple(message[1:]), daemon=True).start()
     finally:
         edge.stop()
-        stop.set()
-        flusher.join(1.0)
-        items = registry.take()
-        if items:
-            link.send(["up", items])
