@@ -23,10 +23,10 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from emsbms.bench import cloud, commands, decode, devices, e2e, startup, uplink_scenarios
+from emsbms.bench import cloud, commands, decode, devices, e2e, groups, startup, uplink_scenarios
 from emsbms.bench.measure import cores
 
-SCENARIOS = ("decode", "capacity", "e2e", "udp", "devices", "commands", "startup", "uplink-commands",
+SCENARIOS = ("decode", "capacity", "e2e", "udp", "groups", "devices", "commands", "startup", "uplink-commands",
              "uplink-config", "uplink-telemetry", "cloud-ingest", "cloud-api", "cloud-fleet")
 
 
@@ -147,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         "e2e": ("End to end, virtual buses: edge (baseline: bare Notifier)", lambda: _e2e("virtual", q, d)),
         "udp": ("End to end, udp_multicast, generator in another process: edge (baseline)",
                 lambda: _e2e("udp_multicast", q, d)),
+        "groups": ("Bus groups, udp_multicast: one process vs worker processes (CPU: main + workers)",
+                   lambda: groups.rows(groups.run(q, d))),
         "devices": ("Device count, 4 buses, mixed protocols", lambda: _devices(q, d)),
         "commands": ("Command round trip, edge vs the bare libraries", lambda: _commands(q)),
         "startup": ("Start-up, cold", lambda: _startup(q)),

@@ -96,9 +96,10 @@ class Receiver(Protocol):
 class EdgeReceiver:
     """The real Edge on the site's buses; a subscription counts the sequence channels."""
 
-    def __init__(self, buses: list[BusConfig], traffic: Traffic, bus_factory: BusFactory = open_python_can) -> None:
+    def __init__(self, buses: list[BusConfig], traffic: Traffic, bus_factory: BusFactory = open_python_can,
+                 workers: str | int = "off") -> None:
         site = parse_site({
-            "site": {"org": "bench", "name": "e2e"},
+            "site": {"org": "bench", "name": "e2e", "workers": workers},  # "off": one process (bench/groups.py)
             "bus": [{"name": b.name, "interface": b.interface, "channel": b.channel, "bitrate": b.bitrate,
                      **b.options} for b in buses],
             "device": traffic.devices([b.name for b in buses]),
