@@ -87,7 +87,9 @@ class HttpServer:
     """uvicorn serving `create_app(service)` on a thread of its own."""
 
     def __init__(self, service: CloudService, host: str, port: int) -> None:
-        config = uvicorn.Config(create_app(service), host=host, port=port, log_level="warning", access_log=False)
+        # a live stream (GET .../live) never ends by itself: stopping cancels what still runs after 2 s
+        config = uvicorn.Config(create_app(service), host=host, port=port, log_level="warning", access_log=False,
+                                timeout_graceful_shutdown=2)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="emsbms-cloud-http", daemon=True)
         self.url = f"http://{host}:{port}"
