@@ -280,6 +280,7 @@ CONTRACT = {
     ("get", "/sites/{site}/config"), ("get", "/sites/{site}/events"),
     ("get", "/sites/{site}/alarms"), ("post", "/sites/{site}/alarms/{alarm_id}/ack"), ("post", "/webhooks"),
     ("get", "/webhooks"), ("delete", "/webhooks/{webhook_id}"),
+    ("get", "/sites/{site}/live"), ("get", "/sites/{site}/devices"),
 }
 
 
