@@ -15,6 +15,7 @@ from typing import Any, Protocol, TypeVar
 
 from emsbms.core.controller import Controller, Source
 from emsbms.errors import ConfigError
+from emsbms.site.controllers import register_controller_check
 
 ENTRY_POINT_GROUP = "emsbms.controllers"
 SHIPPED = "emsbms.core.controllers"  # the shipped controllers; importing it runs their @register
@@ -132,3 +133,6 @@ def build_controllers(tables: Sequence[Mapping[str, Any]]) -> list[Controller]:
             raise ConfigError(f"{where} ({name}): source must be safety or auto, found {controller.source!r}")
         built.append(controller)
     return built
+
+
+register_controller_check(build_controllers)  # the site file's [[controller]] tables are checked at load

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 from emsbms.can.config import BusConfig
 from emsbms.errors import ConfigError
 from emsbms.protocols.base import DeviceConfig
+from emsbms.site.controllers import DEFAULT_CYCLE_PERIOD_S, parse_controllers, parse_cycle_period
 from emsbms.site.groups import Workers, check_group, parse_group, parse_workers
 from emsbms.site.interfaces import CORE_KEYS, InterfaceError, interface_options, interfaces, wire, wrapped_interface
 
@@ -54,6 +55,8 @@ class Site:
     uplink: UplinkConfig | None = None  # the [uplink] table: the MQTT broker this edge reports to
     groups: dict[str, str] = field(default_factory=dict)  # bus name -> its `group` (site/groups.py)
     workers: Workers = "auto"  # [site] workers: "auto", "off" or a number of worker processes
+    controllers: list[dict[str, Any]] = field(default_factory=list)  # the [[controller]] tables (core.md)
+    cycle_period_s: float = DEFAULT_CYCLE_PERIOD_S  # [site] cycle_period: the core cycle's period
 
     @property
     def label(self) -> str:
@@ -66,7 +69,8 @@ class Site:
         raise ConfigError(f"no bus {name!r}; known: {', '.join(b.name for b in self.buses)}")
 
 
-_SITE_KEYS: dict[str, type | tuple[type, ...]] = {"org": str, "name": str, "workers": (str, int)}
+_SITE_KEYS: dict[str, type | tuple[type, ...]] = {"org": str, "name": str, "workers": (str, int),
+                                                  "cycle_period": (str, int, float)}
 _DEVICE_KEYS: dict[str, type | tuple[type, ...]] = {
     "name": str, "bus": str, "profile": str, "id_offset": int, "node_id": int,
     "source_address": int, "j1939_name": int, "nmt_master": bool, "options": dict,
@@ -75,7 +79,7 @@ _UPLINK_KEYS: dict[str, type | tuple[type, ...]] = {
     "url": str, "username": str, "password": str, "password_file": str, "ca_file": str, "cert_file": str,
     "key_file": str,
 }
-_TABLES = ("site", "bus", "device", "j1939", "canopen", "uplink")
+_TABLES = ("site", "bus", "device", "j1939", "canopen", "uplink", "controller")
 PROTOCOL_TABLES = ("j1939", "canopen")
 """Site-wide protocol tables; their keys are the protocol's device options."""
 
@@ -267,6 +271,8 @@ def parse_site(data: dict[str, Any], source: str = "<site>", path: Path | None =
         uplink=uplink,
         groups=groups,
         workers=workers,
+        controllers=parse_controllers(source, data.get("controller")),
+        cycle_period_s=parse_cycle_period(f"{source}: [site]", site.get("cycle_period")),
     )
 
 
