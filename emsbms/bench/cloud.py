@@ -139,7 +139,7 @@ def api(quick: bool) -> Figures:
 
 def fleet(quick: bool, duration: float) -> Figures:
     def go() -> Figures:
-        edges_n, seconds = (5, 2.0) if quick else (100, max(duration, 20.0))
+        edges_n, seconds = (5, 2.0) if quick else (100, max(duration, 15.0))
         with tempfile.TemporaryDirectory(prefix="emsbms-bench-cloud-") as tmp, stack(Path(tmp)) as s:
             edges = [LightEdge(s.broker.port, ORG, f"site-{i:03d}", s.add_site(f"site-{i:03d}"))
                      for i in range(edges_n)]

@@ -150,12 +150,12 @@ def run(quick: bool) -> list[dict[str, Any]]:
             with Database(url, max_size=1) as db:
                 add_org(db, ORG)
             _add_sites(url, ["plant-1", "warm-up"])
-            results = [_in_process(url, 20 if quick else 3000)]
+            results = [_in_process(url, 20 if quick else 1500)]
             sites = [f"procs-{n}" for n in (1, 2)]
             users = [INGEST, *(BrokerUser(f"{ORG}.{s}", "bench-edge-secret", (f"ems/{ORG}/{s}/#",)) for s in sites)]
             with Broker(folder / "broker", users, persistence=False) as broker:
                 for n in (1, 2):
-                    results.append(_processes(folder, url, broker, n, 20 if quick else 2000))
+                    results.append(_processes(folder, url, broker, n, 20 if quick else 1000))
             first = results[1]["samples_per_s"]
             for r in results[1:]:
                 r["ratio_vs_one_process"] = round(r["samples_per_s"] / first, 2) if first else None
