@@ -183,6 +183,25 @@ def test_balance_rounds_down_and_weighs_capacity() -> None:
                       "bms_2/SetChargeCurrent": 8.3}
 
 
+def test_balance_sees_the_own_limit_through_the_echo_of_its_command() -> None:
+    controller = balance(current_a=100)
+    controller.run(make_image(EQUAL), 1)  # 20, 40, 40 with the own CCLs 100, 100, 40
+    # the BMSs now report the commands held as their limits (20, 40, 40): an echo, not their own limits
+    echoed = {name: {**channels, "ChargeMaxCurrent": ccl}
+              for (name, channels), ccl in zip(EQUAL.items(), (20, 40, 40), strict=True)}
+    held = {"bms_0/SetChargeCurrent": 20.0, "bms_1/SetChargeCurrent": 40.0, "bms_2/SetChargeCurrent": 40.0}
+    controller.current_a = 150
+    out = controller.run(make_image(echoed, extra=held), 2)
+    # caps stay 100, 100, 40: 25, 50, 75 -> bms_2 at 40; 110 A by 2000:4000 -> 36.67, 73.33 -> down to 0.1 A
+    charge = {a: v for a, v in values(out.setpoints).items() if a.endswith("SetChargeCurrent")}
+    assert charge == {"bms_0/SetChargeCurrent": 36.6, "bms_1/SetChargeCurrent": 73.3,
+                      "bms_2/SetChargeCurrent": 40.0}
+    # a limit below the command held is the BMS's own: bms_1 reports 30 while holding 40 -> capped at 30
+    lower = {**echoed, "bms_1": {**echoed["bms_1"], "ChargeMaxCurrent": 30}}
+    out = controller.run(make_image(lower, extra=held), 3)
+    assert values(out.setpoints)["bms_1/SetChargeCurrent"] == 30.0
+
+
 def test_balance_never_above_the_command_range() -> None:
     commands = {"SetChargeCurrent": (0.0, 30.0), "SetDischargeCurrent": (0.0, 250.0)}
     strings = {**EQUAL, "bms_2": string(40, 100, 100, 100)}
@@ -277,6 +296,22 @@ def test_enforcement_holds_an_untrusted_limit_at_the_floor_with_one_event() -> N
     back = controller.run(make_image({"bms_0": string(50, 100, 50, 300)}), 3)
     assert back.events == ["bms_0/SetChargeCurrent bounded by the live limit again"]
     assert back.clamps["bms_0/SetChargeCurrent"].maximum == 50.0
+
+
+def test_enforcement_is_not_held_down_by_the_echo_of_the_command() -> None:
+    controller = enforcement()
+    assert controller.run(make_image({"bms_0": string(50, 100, 100, 300)}), 1).clamps[
+        "bms_0/SetChargeCurrent"].maximum == 100.0
+    # 50 A is held and the BMS reports it as its CCL: the own limit seen before (100) still bounds
+    echo = make_image({"bms_0": string(50, 100, 50, 300)}, extra={"bms_0/SetChargeCurrent": 50.0})
+    clamps = controller.run(echo, 2).clamps
+    assert clamps["bms_0/SetChargeCurrent"].maximum == 100.0
+    arbiter = Arbiter()
+    arbiter.set_override("bms_0/SetChargeCurrent", 70.0, now_us=0)
+    assert arbiter.plan({}, clamps, now_us=3).writes == [Write("bms_0/SetChargeCurrent", 70.0, Source.MANUAL)]
+    # a CCL below the command held is the BMS's own
+    lower = make_image({"bms_0": string(50, 100, 30, 300)}, extra={"bms_0/SetChargeCurrent": 50.0})
+    assert controller.run(lower, 4).clamps["bms_0/SetChargeCurrent"].maximum == 30.0
 
 
 def test_enforcement_by_default_covers_every_device_with_the_command() -> None:

@@ -149,3 +149,29 @@ class Exclusions:
                 self.reasons[name] = reason
                 events.append(f"{name} {self.left}: {reason}")
         return events
+
+
+ECHO_TOLERANCE = 0.1
+"""How close (A) a reported limit must be to the command held to count as its echo."""
+
+
+class OwnLimits:
+    """A BMS's own current limit, seen through the echo of the EMS's own command.
+
+    A BMS that takes SetChargeCurrent as its limit reports it back as ChargeMaxCurrent (the shipped
+    simulators and acme-hv do): while a command is held, the reported limit is the command, not the
+    BMS's own limit, and bounding the next command by it would only ever ratchet down. So: when no
+    command is held (the command channel has no usable value) or the reported limit differs from it,
+    the reported limit is the BMS's own and is remembered; when it echoes the command held, the last
+    own limit seen stands (the reported one if none was seen yet).
+    """
+
+    def __init__(self) -> None:
+        self.seen: dict[str, float] = {}
+
+    def own(self, limit_address: str, reported: float, held: float | None) -> float:
+        """The own limit behind `reported`, given the command value `held` (None: none held)."""
+        if held is None or abs(reported - held) > ECHO_TOLERANCE:
+            self.seen[limit_address] = reported
+            return reported
+        return self.seen.setdefault(limit_address, reported)

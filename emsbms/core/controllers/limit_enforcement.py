@@ -2,7 +2,9 @@
 
 For every string and every pair command channel -> limit channel (default SetChargeCurrent ->
 ChargeMaxCurrent, SetDischargeCurrent -> DischargeMaxCurrent) it sets a `Clamp` on the command:
-maximum = the live limit the BMS reports, within the profile's static range (the range stays the
+maximum = the live limit the BMS reports (seen through the echo of the command held, see
+`OwnLimits`: a BMS that reports the command as its limit would otherwise never let it rise), within
+the profile's static range (the range stays the
 outer bound: the maximum is never above the profile's max). The dispatcher applies it to MANUAL and
 AUTO values: `mode = "clamp"` brings a value above down to the limit, `mode = "reject"` refuses it.
 A live limit that cannot be trusted (device not CommState OK, reading missing, not quality ok, not a
@@ -17,7 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from emsbms.core.controller import Clamp, ControllerOutput, Limits, ProcessImage, Source
-from emsbms.core.controllers.common import Exclusions, Options, command_bounds, number, why_unusable
+from emsbms.core.controllers.common import Exclusions, Options, OwnLimits, command_bounds, number, why_unusable
 from emsbms.core.registry import register
 from emsbms.types import CommState
 
@@ -53,6 +55,7 @@ class LimitEnforcement:
         self.strings = strings
         self.reject = mode == "reject"
         self.pairs = dict(pairs or PAIRS)
+        self.own_limits = OwnLimits()
         self.exclusions = Exclusions("held at its minimum", "bounded by the live limit again")
 
     @classmethod
@@ -80,6 +83,8 @@ class LimitEnforcement:
                 if state is not CommState.OK:
                     why = f"CommState {state.value}" if state is not None else "no such device"
                 reasons[address] = why
+                if limit is not None:
+                    limit = self.own_limits.own(f"{name}/{limit_channel}", limit, number(image.get(address)))
                 reason = (f"{name}/{limit_channel} = {limit:g}" if limit is not None
                           else f"{name}/{limit_channel} unknown ({why})")
                 clamps[address] = bound(None if limit is None else max(0.0, limit), static, self.reject, reason)

@@ -9,10 +9,11 @@ Split. Charging, string i weighs C_i * (100 - Soc_i) (the Ah it still takes); di
 C_i * Soc_i (the Ah it still holds). The current is split in proportion to the weights, so every
 string's distance to full (or empty) shrinks by the same factor: the SoC gaps shrink with it, and the
 lower-SoC strings charge faster (the higher-SoC ones discharge faster) in %/h. A string is never given
-more than its own live limit (CCL charging, DCL discharging) nor the command channel's profile
-maximum: a string at its cap keeps it and the rest is split again among the others (water-filling).
-When no weight is left (all full, or all empty) the rest is split by the remaining caps. Values are
-rounded down to `resolution_a`, so rounding never lifts a string past its cap.
+more than its own live limit (CCL charging, DCL discharging; seen through the echo of the command
+held, see `OwnLimits`) nor the command channel's profile maximum: a string at its cap keeps it and
+the rest is split again among the others (water-filling). When no weight is left (all full, or all
+empty) the rest is split by the remaining caps. Values are rounded down to `resolution_a`, so
+rounding never lifts a string past its cap.
 
 Each cycle every string that takes part gets both setpoints: the active direction's command its
 part, the other direction's command 0 (when the device has that command). A string that is not
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from emsbms.core.controller import ControllerOutput, ProcessImage, Setpoint, Source
-from emsbms.core.controllers.common import Exclusions, Options, command_bounds, number, why_unusable
+from emsbms.core.controllers.common import Exclusions, Options, OwnLimits, command_bounds, number, why_unusable
 from emsbms.core.registry import register
 from emsbms.errors import ConfigError
 from emsbms.types import CommState
@@ -117,6 +118,7 @@ class SocBalance:
         self.resolution_a = resolution_a
         self.exclusions = Exclusions("left out of the balance", "back in the balance")
         self.request_problem: str | None = None
+        self.own_limits = OwnLimits()
 
     @classmethod
     def from_options(cls, name: str, options: Mapping[str, Any]) -> SocBalance:
@@ -170,8 +172,10 @@ class SocBalance:
         capacity = self.capacity_ah.get(name, values[-1])
         if capacity <= 0:
             return f"{name}/{self.names['capacity_channel']} is not positive ({capacity})"
+        limit_address = f"{name}/{self.names[keys[1]]}"
+        limit = self.own_limits.own(limit_address, values[1], number(image.get(command)))
         low, high = bounds
-        cap = max(0.0, values[1] if high is None else min(values[1], high))
+        cap = max(0.0, limit if high is None else min(limit, high))
         return Part(name, values[0], capacity, cap, low or 0.0)
 
     def run(self, image: ProcessImage, now_us: int) -> ControllerOutput:
