@@ -26,7 +26,7 @@ from emsbms.edge import Edge
 from emsbms.edge.events import Event, EventLog
 from emsbms.site.model import UplinkConfig
 from emsbms.uplink.client import Feed, Uplink
-from emsbms.uplink.commands import CommandHandler
+from emsbms.uplink.commands import CommandHandler, Writer
 from emsbms.uplink.config import ConfigHandler
 from emsbms.uplink.messages import (
     UPLINK_PREFIX,
@@ -113,14 +113,14 @@ class EventFeed:
 class EdgeUplink:
     """Everything the uplink of one running edge needs (see the module docstring)."""
 
-    def __init__(self, edge: Edge, config: UplinkConfig, db_path: str | Path) -> None:
+    def __init__(self, edge: Edge, config: UplinkConfig, db_path: str | Path, writer: Writer | None = None) -> None:
         self.edge = edge
         self.session = _now_us()
         self.topics = Topics(edge.site.org, edge.site.name)
         self.outbox = Outbox(outbox_path(db_path))
         self.batcher = TelemetryBatcher(self.topics, self.session, start_us=self.session,
                                         health_prefixes={UPLINK_PREFIX, *(b.name for b in edge.site.buses)})
-        self.commands = CommandHandler(edge, db_path)
+        self.commands = CommandHandler(writer or edge, db_path)  # writer: the core's dispatcher (core.md)
         self.config = ConfigHandler(edge, db_path)
         self.uplink = Uplink(config, self.topics, self.outbox, edge.registry, birth=self.birth,
                              on_command=self._command, on_config=self._config, on_birth=self.batcher.refresh,
