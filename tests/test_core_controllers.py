@@ -8,10 +8,14 @@ from emsbms.core.arbiter import Arbiter, Write
 from emsbms.core.controller import Clamp, ProcessImage, Setpoint, Source
 from emsbms.core.controllers import LimitEnforcement, SiteLimits, SocBalance
 from emsbms.core.controllers.soc_balance import split_current
-from emsbms.core.cycle import Cycle
+from emsbms.core.cycle import Cycle, CycleRunner
+from emsbms.core.dispatcher import CommandDispatcher
 from emsbms.core.registry import build_controllers, controller_class
+from emsbms.edge import Edge
 from emsbms.errors import ConfigError
+from emsbms.sim.runner import Simulation
 from emsbms.types import CommState, Quality, Reading, Value
+from tests.conftest import virtual_site, wait
 
 CURRENT_COMMANDS = {"SetChargeCurrent": (0.0, 200.0), "SetDischargeCurrent": (0.0, 250.0)}
 
@@ -390,3 +394,39 @@ def test_the_three_in_one_cycle() -> None:
         "controller site: bms_2 left out of ess0: CommState LOST",
         "controller bal: bms_2 left out of the balance: CommState LOST",
     ]
+
+
+def test_on_three_simulated_acme_hv_strings_with_the_default_names() -> None:
+    names = ["bms_0", "bms_1", "bms_2"]
+    site = virtual_site(["can0", "can1", "can2"],
+                        [{"name": n, "bus": f"can{i}", "profile": "acme-hv"} for i, n in enumerate(names)])
+    with Simulation(site) as sim, Edge(site) as edge:
+        for n in names:
+            edge.read(f"{n}/Capacity", timeout=10)
+            assert edge.wait_until(lambda s, n=n: s.value(f"{n}/CommState") == CommState.OK, 10.0)
+        events: list[str] = []
+        with CommandDispatcher.for_edge(edge, on_event=events.append) as dispatcher:
+            cycle = Cycle(build_controllers([
+                {"name": "limits", "type": "limit-enforcement", "strings": names},
+                {"name": "site", "type": "site-limits", "strings": names},
+                {"name": "balance", "type": "soc-balance", "strings": names, "current_a": 60},
+            ]))
+            runner = CycleRunner(edge, cycle, dispatcher, on_event=events.append)
+            runner.run_once()
+            snap = edge.snapshot()
+            # the acme-hv simulator: 120 Ah, CCL 100 A, DCL 150 A, 340.8 V and 268.8 V per string
+            assert snap.value("ess0/Strings") == 3
+            assert snap.value("ess0/ChargeMaxCurrent") == pytest.approx(300.0)  # 360 * min(100/120)
+            assert snap.value("ess0/DischargeMaxCurrent") == pytest.approx(450.0)
+            assert snap.value("ess0/ChargeMaxVoltage") == pytest.approx(340.8)
+            assert snap.value("ess0/DischargeMinVoltage") == pytest.approx(268.8)
+            assert snap["ess0/Soc"].unit == "%"
+            models = [sim.simulators[n].model for n in names]
+            # the split reached every BMS over its bus: 60 A in all (down to 0.1 A each), none above 100 A,
+            # more to the lower SoC; the discharge setpoints at 0
+            assert wait(lambda: all(m.discharge_max_current == 0.0 for m in models)), events
+            charge = [m.charge_max_current for m in models]
+            assert 59.7 <= sum(charge) <= 60.0 and max(charge) <= 100.0, charge
+            by_soc = sorted(range(3), key=lambda i: models[i].soc)
+            assert [charge[i] for i in by_soc] == sorted(charge, reverse=True), (charge, [m.soc for m in models])
+            assert dispatcher.rejected[Source.AUTO] == 0, events
