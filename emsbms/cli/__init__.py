@@ -37,6 +37,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "simulate": ("emsbms.cli.simulate", "command", "A simulated BMS for every device of the site, on its bus."),
     "read": ("emsbms.cli.read", "command", "Wait for fresh values of channels and print them."),
     "write": ("emsbms.cli.write", "command", "Send a command to a device and report its acknowledgement."),
+    "overrides": ("emsbms.cli.overrides", "command", "List or cancel the running edge's manual overrides."),
     "monitor": ("emsbms.cli.monitor", "command", "A live view of the buses, devices, events and channels."),
     "fuzz": ("emsbms.cli.fuzz", "command", "Random frames through every shipped profile's adapter."),
     "profiles": ("emsbms.cli.profiles", "app", "List, show, validate, import, export and diff device profiles."),

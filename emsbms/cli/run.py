@@ -9,8 +9,10 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+import emsbms.core.registry  # noqa: F401  (checks the site's [[controller]] tables at load)
 from emsbms.cli.common import Duration, err, handle_errors, run_until, state, stop_signals
 from emsbms.edge import Edge
+from emsbms.edge.events import EventLog
 from emsbms.edge.lock import EdgeLock
 from emsbms.edge.store import DEFAULT_MAX_AGE_S, DEFAULT_MAX_BYTES, Retention, RunLog
 from emsbms.edge.watch import ProfileWatcher
@@ -18,6 +20,7 @@ from emsbms.errors import ConfigError
 from emsbms.site import Site
 
 if TYPE_CHECKING:
+    from emsbms.core.service import EdgeCore
     from emsbms.uplink.link import EdgeUplink
 
 log = logging.getLogger(__name__)
@@ -108,11 +111,15 @@ def _run(edge: Edge, runlog: RunLog, path: Path, duration: float | None) -> None
             declare()
 
     link: EdgeUplink | None = None
+    core: EdgeCore | None = None
     try:
+        core = start_core(edge, path)
         if edge.site.uplink is not None:  # before the run log's declare: the uplink's channels are logged too
             from emsbms.uplink.link import EdgeUplink  # paho-mqtt is loaded only for a site with an [uplink]
 
-            link = EdgeUplink(edge, edge.site.uplink, path)
+            link = EdgeUplink(edge, edge.site.uplink, path, writer=None if core is None else core.writer)
+            if core is not None:  # the core's events go to the uplink's `events` too
+                core_events_to(core, link.events.log)
         declare()
         subscription = edge.subscribe("*", runlog.record)
         with stop_signals() as stop, edge:
@@ -122,10 +129,38 @@ def _run(edge: Edge, runlog: RunLog, path: Path, duration: float | None) -> None
                 link.start()
                 err(f"run: uplink to {link.uplink.config.url} as {link.uplink.config.username!r} on"
                     f" {link.uplink.topics.root}#")
+            if core is not None:
+                core.start()
+                err(f"run: core cycle every {core.runner.period_us / 1e6:g} s with"
+                    f" {', '.join(c.name for c in core.runner.cycle.controllers)}")
             run_until(stop, duration, tick=tick)
+            if core is not None:
+                core.stop()
+                core = None
         subscription.cancel()
     finally:
+        if core is not None:
+            core.stop()
         if link is not None:
             link.close()
         watcher.close()
         runlog.close()
+
+
+def start_core(edge: Edge, path: Path | None) -> EdgeCore | None:
+    """The core (dispatcher, cycle, overrides table in `path`) for a site with [[controller]] tables, else None."""
+    if not edge.site.controllers:
+        return None
+    from emsbms.core.service import EdgeCore
+
+    return EdgeCore(edge, path)
+
+
+def core_events_to(core: EdgeCore, events: EventLog) -> None:
+    """Hand the core's events to `events` (the uplink's or the monitor's event log), as warnings of source core."""
+
+    def post(text: str) -> None:
+        events.post_log(logging.makeLogRecord({"name": "emsbms.core", "levelno": logging.WARNING,
+                                               "levelname": "WARNING", "msg": text}))
+
+    core.sinks.append(post)

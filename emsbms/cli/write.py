@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from emsbms.cli.common import ExitCode, channel_info, handle_errors, json_text, state
 from emsbms.edge import Edge
-from emsbms.errors import UnknownAddressError
+from emsbms.edge.lock import EdgeLock
+from emsbms.errors import ConfigError, UnknownAddressError
+from emsbms.site import Site
 from emsbms.types import ChannelKind, CommandStatus, CommState
 
 EXIT = {
@@ -74,7 +77,34 @@ def command(
     2 for an unknown address.
     """
     number = parse_value(value)
-    edge = Edge(state(ctx).load_site())
+    site = state(ctx).load_site()
+    lock = refuse_running_core(site, state(ctx).db)
+    try:
+        _write(site, address, number, timeout, as_json)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def refuse_running_core(site: Site, db: Path) -> EdgeLock | None:
+    """For a site with [[controller]] tables: the database's edge lock, held while this write runs.
+
+    A running edge of such a site arbitrates every write in its command dispatcher; a write from
+    this process would bypass it (and be overwritten at its next cycle), and there is no IPC into
+    it, so the write is refused (ConfigError, exit 2) while `emsbms run` holds the database.
+    """
+    if not site.controllers:
+        return None
+    try:
+        return EdgeLock.acquire(db)
+    except ConfigError as e:
+        raise ConfigError(f"{e}. Its site has [[controller]] tables, so every write goes through its command"
+                          " dispatcher: send the command through the cloud API (POST .../commands), or stop the"
+                          " edge to write directly") from None
+
+
+def _write(site: Site, address: str, number: float, timeout: float, as_json: bool) -> None:
+    edge = Edge(site)
     check_command(edge, address)
     with edge:
         wait_for_device(edge, address.split("/", 1)[0], timeout)

@@ -43,7 +43,7 @@ class EdgeCore:
                  poll_s: float = 0.2) -> None:
         self.edge = edge
         self.expires_s = expires_s
-        self._on_event = on_event
+        self.sinks: list[Callable[[str], None]] = [] if on_event is None else [on_event]
         self.dispatcher = CommandDispatcher.for_edge(edge, on_event=self.event)
         cycle = Cycle(build_controllers(edge.site.controllers), period_s or edge.site.cycle_period_s)
         self.runner = CycleRunner(edge, cycle, self.dispatcher, on_event=self.event)
@@ -65,8 +65,11 @@ class EdgeCore:
         """A core event: the `core/Event` channel (run log, telemetry), the log (monitor, uplink events)."""
         self.edge.registry.apply([Sample(EVENT_CHANNEL, text, time.time_ns() // 1000)])
         log.info("core: %s", text)
-        if self._on_event is not None:
-            self._on_event(text)
+        for sink in self.sinks:
+            try:
+                sink(text)
+            except Exception:
+                log.exception("core: an event sink raised for %r", text)
 
     def write(self, address: str, value: float, timeout: float = 2.0) -> CommandResult:
         """A cloud command: a manual override (default expiry), or the cancel of one."""
