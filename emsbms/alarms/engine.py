@@ -7,7 +7,7 @@ periodically (timers advance only when it is called); it returns one `Transition
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
@@ -123,6 +123,7 @@ class AlarmEngine:
         self.rules = {r.name: r for r in rules}
         self._instances: dict[tuple[str, str], AlarmStatus] = {}
         self._known: dict[str, set[str]] = {name: set() for name in self.rules}  # devices with an instance
+        self._timed: set[tuple[str, str]] = set()  # (rule, device) pending or clearing
         self._keys: frozenset[str] = frozenset()
         self._matches: dict[str, list[str]] = {}
         # rate(): per address the previous and the last (value, timestamp_us) of distinct samples
@@ -141,15 +142,20 @@ class AlarmEngine:
             found = self._matches[pattern] = sorted(a for a in values if regex.match(a))
         return found
 
-    def evaluate(self, values: Mapping[str, Reading], comm: Mapping[str, CommState], now_us: int) -> list[Transition]:
-        """Step every instance once at `now_us`; one transition per instance whose state changed."""
+    def evaluate(self, values: Mapping[str, Reading], comm: Mapping[str, CommState], now_us: int,
+                 only: Mapping[str, Collection[str] | None] | None = None) -> list[Transition]:
+        """Step every instance once at `now_us` (or only those of `only`: rule -> its devices, None for
+        all of them); one transition per instance whose state changed."""
         for pattern in self._rated:
             for address in self.matches(pattern, values):
                 self._remember(address, values[address])
         ctx = _Context(self, values, comm)
         out: list[Transition] = []
-        for rule in self.rules.values():
-            for device in self._devices(rule, values):
+        targets = ((r, None) for r in self.rules.values()) if only is None else (
+            (self.rules[name], devices) for name, devices in only.items() if name in self.rules)
+        for rule, wanted in targets:
+            devices = self._devices(rule, values) if wanted is None or not rule.expression.per_device else wanted
+            for device in devices:
                 key = (rule.name, device)
                 old = self._instances.get(key)
                 if old is None:
@@ -162,8 +168,27 @@ class AlarmEngine:
                     value = None if new.state is AlarmState.INHIBITED else rule.expression.value(ctx, device)
                     new = replace(new, value=value)
                     out.append(self._transition(rule, new, old.state, now_us))
+                    self._time(key, new.state)
                 self._instances[key] = new
         return out
+
+    @property
+    def timed(self) -> dict[str, set[str]]:
+        """The instances whose on- or off-delay runs (pending, clearing): rule -> devices."""
+        out: dict[str, set[str]] = {}
+        for rule, device in self._timed:
+            out.setdefault(rule, set()).add(device)
+        return out
+
+    def __len__(self) -> int:
+        """The number of instances."""
+        return len(self._instances)
+
+    def _time(self, key: tuple[str, str], state: AlarmState) -> None:
+        if state in {AlarmState.PENDING, AlarmState.CLEARING}:
+            self._timed.add(key)
+        else:
+            self._timed.discard(key)
 
     def ack(self, rule: str, device: str, now_us: int) -> Transition:
         """Acknowledge: an active (or clearing) alarm stays active, acked; a latched one returns to ok."""
@@ -182,14 +207,20 @@ class AlarmEngine:
         self._instances[(rule, device)] = new
         return self._transition(self.rules[rule], new, status.state, now_us, "acknowledged")
 
+    def describe(self, s: AlarmStatus) -> Transition:
+        """An instance as it stands, in the shape of a transition (previous = its state)."""
+        return self._transition(self.rules[s.rule], s, s.state, s.since_us)
+
     def states(self) -> list[AlarmStatus]:
         """Every instance, by rule then device."""
         return self.snapshot()
 
     def snapshot(self, ids: Iterable[str] | None = None) -> list[AlarmStatus]:
         """The instances to persist (all, or those named "<rule>/<device>")."""
-        wanted = None if ids is None else set(ids)
-        return [s for _, s in sorted(self._instances.items()) if wanted is None or s.id in wanted]
+        if ids is None:
+            return [s for _, s in sorted(self._instances.items())]
+        found = (self._instances.get(tuple(i.split("/", 1))) for i in sorted(set(ids)))  # type: ignore[arg-type]
+        return [s for s in found if s is not None]
 
     def restore(self, statuses: Iterable[AlarmStatus]) -> list[str]:
         """Take back stored instances (severity from the current rule); returns the ids dropped
@@ -202,6 +233,7 @@ class AlarmEngine:
                 continue
             self._instances[(s.rule, s.device)] = replace(s, severity=rule.severity)
             self._known[s.rule].add(s.device)
+            self._time((s.rule, s.device), s.state)
         return dropped
 
     def _remember(self, address: str, reading: Reading) -> None:

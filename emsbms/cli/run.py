@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 import emsbms.core.registry  # noqa: F401  (checks the site's [[controller]] tables at load)
+from emsbms.alarms.runner import AlarmRunner
+from emsbms.alarms.sources import start_alarms
 from emsbms.cli.common import Duration, err, handle_errors, run_until, state, stop_signals
 from emsbms.edge import Edge
 from emsbms.edge.events import EventLog
@@ -112,6 +114,7 @@ def _run(edge: Edge, runlog: RunLog, path: Path, duration: float | None) -> None
 
     link: EdgeUplink | None = None
     core: EdgeCore | None = None
+    alarms: AlarmRunner | None = None
     try:
         core = start_core(edge, path)
         if edge.site.uplink is not None:  # before the run log's declare: the uplink's channels are logged too
@@ -120,6 +123,7 @@ def _run(edge: Edge, runlog: RunLog, path: Path, duration: float | None) -> None
             link = EdgeUplink(edge, edge.site.uplink, path, writer=None if core is None else core.writer)
             if core is not None:  # the core's events go to the uplink's `events` too
                 core_events_to(core, link.events.log)
+        alarms = start_alarms(edge, path, link)  # the [[rule]]s or the cloud's rules (emsbms/alarms/sources.py)
         declare()
         subscription = edge.subscribe("*", runlog.record)
         with stop_signals() as stop, edge:
@@ -141,6 +145,8 @@ def _run(edge: Edge, runlog: RunLog, path: Path, duration: float | None) -> None
     finally:
         if core is not None:
             core.stop()
+        if alarms is not None:
+            alarms.close()
         if link is not None:
             link.close()
         watcher.close()

@@ -57,6 +57,7 @@ class Site:
     workers: Workers = "auto"  # [site] workers: "auto", "off" or a number of worker processes
     controllers: list[dict[str, Any]] = field(default_factory=list)  # the [[controller]] tables (core.md)
     cycle_period_s: float = DEFAULT_CYCLE_PERIOD_S  # [site] cycle_period: the core cycle's period
+    rules: list[dict[str, Any]] = field(default_factory=list)  # [[rule]] tables, keys checked (emsbms.alarms parses)
 
     @property
     def label(self) -> str:
@@ -79,7 +80,11 @@ _UPLINK_KEYS: dict[str, type | tuple[type, ...]] = {
     "url": str, "username": str, "password": str, "password_file": str, "ca_file": str, "cert_file": str,
     "key_file": str,
 }
-_TABLES = ("site", "bus", "device", "j1939", "canopen", "uplink", "controller")
+_RULE_KEYS: dict[str, type | tuple[type, ...]] = {
+    "name": str, "expression": str, "clear_expression": str, "for": (str, int, float), "off_delay": (str, int, float),
+    "severity": str, "latch": bool,
+}
+_TABLES = ("site", "bus", "device", "j1939", "canopen", "uplink", "controller", "rule")
 PROTOCOL_TABLES = ("j1939", "canopen")
 """Site-wide protocol tables; their keys are the protocol's device options."""
 
@@ -258,6 +263,12 @@ def parse_site(data: dict[str, Any], source: str = "<site>", path: Path | None =
         if device.name in bus_names or any(x.name == device.name for x in devices):
             raise ConfigError(f"{where}: key 'name': duplicate name {device.name!r}")
         devices.append(device)
+    rules = _tables(source, data, "rule")
+    for i, r in enumerate(rules):
+        for key, value in r.items():
+            if key not in _RULE_KEYS:
+                raise unknown_key(_where(source, "rule", i, r), key, _RULE_KEYS)
+            _check_type(_where(source, "rule", i, r), key, value, _RULE_KEYS[key])
     uplink = parse_uplink(source, _table(source, data, "uplink"), path) if "uplink" in data else None
     workers = parse_workers(f"{source}: [site]", site.get("workers"), groups, {*bus_names, *(d.name for d in devices)})
     return Site(
@@ -273,6 +284,7 @@ def parse_site(data: dict[str, Any], source: str = "<site>", path: Path | None =
         workers=workers,
         controllers=parse_controllers(source, data.get("controller")),
         cycle_period_s=parse_cycle_period(f"{source}: [site]", site.get("cycle_period")),
+        rules=[dict(r) for r in rules],
     )
 
 

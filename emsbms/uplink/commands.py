@@ -24,6 +24,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
+from emsbms.alarms.engine import AlarmError, Transition, ack_target
 from emsbms.errors import EmsbmsError
 from emsbms.types import CommandResult
 
@@ -52,6 +53,12 @@ class Writer(Protocol):
     """What the handler needs of an Edge."""
 
     def write(self, address: str, value: float, timeout: float = 2.0) -> CommandResult: ...
+
+
+class Acker(Protocol):
+    """What the handler needs of the alarm runner (`emsbms.alarms.runner.AlarmRunner`)."""
+
+    def ack(self, rule: str, device: str, now_us: int) -> Transition: ...
 
 
 @dataclass(frozen=True)
@@ -199,6 +206,7 @@ class CommandHandler:
         self.edge = edge
         self.ledger = Ledger(ledger_path, retention_us)
         self.max_timeout_s = max_timeout_s
+        self.alarms: Acker | None = None  # set when an alarm runner runs: `alarms/<rule>/<device>/Ack` goes there
 
     def close(self) -> None:
         self.ledger.close()
@@ -248,8 +256,11 @@ class CommandHandler:
             return out
         started = int(tick())
         try:
-            result = self.edge.write(cmd.address, cmd.value, timeout=min(self.max_timeout_s, left_s))
-            status, detail = ResultStatus(result.status.value), result.detail
+            if cmd.address.startswith("alarms/"):
+                status, detail = self._ack(cmd, now_us)
+            else:
+                result = self.edge.write(cmd.address, cmd.value, timeout=min(self.max_timeout_s, left_s))
+                status, detail = ResultStatus(result.status.value), result.detail
         except EmsbmsError as e:
             status, detail = ResultStatus.REJECTED, f"{e}; nothing sent"
         except Exception as e:  # never let one command take the transport down
@@ -257,6 +268,20 @@ class CommandHandler:
         out = Outcome(cmd.id, status, detail, max(0, int(tick()) - started), cmd.address, cmd.value).to_json()
         self.ledger.finish(cmd.id, out)
         return out
+
+
+    def _ack(self, cmd: Command, now_us: int) -> tuple[ResultStatus, str]:
+        """An alarm acknowledgement: ``alarms/<rule>/<device>/Ack`` with value 1."""
+        rule, device = ack_target(cmd.address)
+        if cmd.value != 1:
+            return ResultStatus.REJECTED, f"cmd {cmd.id}: key 'value': expected 1 (acknowledge), found {cmd.value:g}"
+        if self.alarms is None:
+            return ResultStatus.REJECTED, f"no alarm '{rule}/{device}': no alarm rules run on this edge"
+        try:
+            t = self.alarms.ack(rule, device, now_us)
+        except AlarmError as e:
+            return ResultStatus.REJECTED, str(e)
+        return ResultStatus.ACKED, f"alarm '{t.id}' acknowledged: {t.state.value}"
 
 
 def _wall_us() -> int:

@@ -17,10 +17,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
 
+from emsbms.alarms.engine import Transition
+from emsbms.alarms.runner import AlarmRunner
 from emsbms.db.profiles import content_hash, document_of
 from emsbms.edge import Edge
 from emsbms.edge.events import Event, EventLog
@@ -35,6 +38,7 @@ from emsbms.uplink.messages import (
     MessageKind,
     TelemetryBatcher,
     Topics,
+    alarms_payload,
     birth_payload,
     events_payload,
 )
@@ -68,6 +72,7 @@ class EventFeed:
         self.every = every
         self.seq = Counter()
         self.queued = 0  # events messages put in the outbox
+        self.extra: deque[Event] = deque()  # events made elsewhere (the alarm runner's), sent with the log's
         self.log = EventLog()
         self._cancel: list[Callable[[], None]] = [
             s.cancel for s in self.log.attach(edge.registry, buses=[b.name for b in edge.site.buses])]
@@ -84,6 +89,8 @@ class EventFeed:
     def flush(self, now_us: int) -> int:
         """Drain the log and queue its new events; returns the number of messages queued."""
         events = self.log.drain()
+        while self.extra:
+            events.append(self.extra.popleft())
         if not events:
             return 0
         batches: list[list[Event]] = [events[i:i + MAX_EVENTS] for i in range(0, len(events), MAX_EVENTS)]
@@ -110,6 +117,49 @@ class EventFeed:
         self.flush(_now_us())
 
 
+class AlarmFeed:
+    """Alarm transitions → `alarms` messages in the outbox (own `seq` from 0), flushed every `every` s."""
+
+    def __init__(self, topics: Topics, session: int, outbox: Outbox, wake: Callable[[], None] = lambda: None,
+                 every: float = 0.05) -> None:
+        self.topics, self.session, self.outbox, self.wake, self.every = topics, session, outbox, wake, every
+        self.seq = Counter()
+        self.queued = 0  # alarms messages put in the outbox
+        self._pending: deque[Transition] = deque()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._write_loop, name="emsbms-uplink-alarms", daemon=True)
+        self._thread.start()
+
+    def post(self, transition: Transition) -> None:
+        self._pending.append(transition)
+
+    def flush(self, now_us: int) -> int:
+        """Queue the transitions posted so far; returns the number of messages queued."""
+        items = []
+        while self._pending:
+            items.append(self._pending.popleft().as_dict())
+        if not items:
+            return 0
+        batches = [items[i:i + MAX_EVENTS] for i in range(0, len(items), MAX_EVENTS)]
+        self.outbox.put_many([(self.topics.alarms, alarms_payload(b, self.session, self.seq.next(), now_us),
+                               MessageKind.ALARMS.value) for b in batches], now_us)
+        self.queued += len(batches)
+        self.wake()
+        return len(batches)
+
+    def _write_loop(self) -> None:
+        while not self._stop.wait(self.every):
+            try:
+                self.flush(_now_us())
+            except Exception:
+                log.exception("uplink: the alarm feed could not queue alarms")
+
+    def close(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout)
+        self.flush(_now_us())
+
+
 class EdgeUplink:
     """Everything the uplink of one running edge needs (see the module docstring)."""
 
@@ -127,6 +177,19 @@ class EdgeUplink:
                              dropped=lambda: self.feed.dropped + self.events.dropped)
         self.feed = Feed(edge.registry, self.batcher, self.outbox, wake=self.uplink.wake)
         self.events = EventFeed(edge, self.topics, self.session, self.outbox, wake=self.uplink.wake)
+        self.alarms = AlarmFeed(self.topics, self.session, self.outbox, wake=self.uplink.wake)
+
+    def post_transition(self, t: Transition) -> None:
+        """The alarm runner's `on_transition`: to the `alarms` topic."""
+        self.alarms.post(t)
+
+    def post_event(self, e: Event) -> None:
+        """The alarm runner's `on_event`: to the `events` topic with the event log's."""
+        self.events.extra.append(e)
+
+    def attach_alarms(self, runner: AlarmRunner) -> None:
+        """Acknowledgements (`alarms/<rule>/<device>/Ack` commands) go to `runner`."""
+        self.commands.alarms = runner
 
     def birth(self, bd_seq: int) -> bytes:
         registry = self.edge.registry
@@ -159,6 +222,7 @@ class EdgeUplink:
     def close(self) -> None:
         fed = self.feed.close()
         self.events.close()
+        self.alarms.close()
         self.uplink.stop()
         self.commands.close()
         if fed:

@@ -58,6 +58,7 @@ class MessageKind(StrEnum):
     TELEMETRY = "telemetry"
     HEALTH = "health"
     EVENTS = "events"
+    ALARMS = "alarms"
     CMD_RESULT = "cmd/result"
     CONFIG_STATUS = "config/status"
 
@@ -112,6 +113,10 @@ class Topics:
     @property
     def events(self) -> str:
         return self.root + "events"
+
+    @property
+    def alarms(self) -> str:
+        return self.root + "alarms"
 
     @property
     def cmd(self) -> str:
@@ -227,6 +232,12 @@ def events_payload(events: Sequence[Event], session: int, seq: int, now_us: int)
     """`events`: event log entries (EMCY, DM1, comm loss and recovery, alarms, command results)."""
     return json_bytes({"historical": False, "session": session, "seq": seq, "timestamp_us": now_us,
                        "events": [event_doc(e) for e in events]})
+
+
+def alarms_payload(alarms: Sequence[dict[str, Any]], session: int, seq: int, now_us: int) -> bytes:
+    """`alarms`: alarm transitions and acknowledgements (`Transition.as_dict()`), never one per sample."""
+    return json_bytes({"historical": False, "session": session, "seq": seq, "timestamp_us": now_us,
+                       "alarms": list(alarms)})
 
 
 def next_bd_seq(previous: int | None) -> int:

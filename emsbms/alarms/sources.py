@@ -1,0 +1,102 @@
+"""Where an edge's rules come from: the site file's `[[rule]]` tables, or the `rules` of the last
+configuration applied from the cloud (they replace the file's, as its devices do), plus the
+default rules of the profiles in use (per device: ``*/`` is the device itself).
+
+`start_alarms` builds and starts the runner for `emsbms run`, wired to the uplink when there is one.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import closing
+from pathlib import Path
+from typing import Any, Protocol
+
+from emsbms.alarms.engine import Transition
+from emsbms.alarms.expr import AlarmRuleError
+from emsbms.alarms.rules import Rule, parse_rule, parse_rules
+from emsbms.alarms.runner import AlarmRunner
+from emsbms.edge import Edge
+from emsbms.edge.events import Event
+from emsbms.site import Site
+
+RULES_SCHEMA = """CREATE TABLE IF NOT EXISTS alarm_rules (
+    key TEXT PRIMARY KEY CHECK (key = 'applied'), version TEXT NOT NULL, rules TEXT NOT NULL
+)"""
+"""The rules of the configuration applied from the cloud (JSON), written in the config's transaction."""
+
+
+def site_rules(site: Site) -> list[Rule]:
+    """The `[[rule]]` tables of a site, parsed; errors name the file, the table's index and the key."""
+    rules: list[Rule] = []
+    seen: dict[str, int] = {}
+    for i, raw in enumerate(site.rules):
+        try:
+            rule = parse_rule(raw, i)
+        except AlarmRuleError as e:
+            raise AlarmRuleError(f"{site.label}: [[rule]] #{i + 1}: {e}") from None
+        if rule.name in seen:
+            raise AlarmRuleError(f"{site.label}: [[rule]] #{i + 1}: key 'name': {rule.name!r} is used by"
+                                 f" [[rule]] #{seen[rule.name] + 1} too; names are unique per site")
+        seen[rule.name] = i
+        rules.append(rule)
+    return rules
+
+
+def profile_rules(raws: Sequence[Mapping[str, Any]], device: str, profile: str) -> list[dict[str, Any]]:
+    """A profile's default rules applied to one device: ``*/`` becomes ``<device>/`` and the name
+    ``<name>`` becomes ``<name>-<device>`` (one instance per device, named after it)."""
+    out = []
+    for raw in raws:
+        item = dict(raw)
+        for key in ("expression", "clear_expression"):
+            if isinstance(item.get(key), str):
+                item[key] = item[key].replace("*/", f"{device}/")
+        item["name"] = f"{item.get('name')}-{device}"
+        out.append(item)
+    try:
+        parse_rules(out)
+    except AlarmRuleError as e:
+        raise AlarmRuleError(f"profile {profile!r} (device {device}): {e}") from None
+    return out
+
+
+def stored_rules(db_path: str | Path) -> list[dict[str, Any]] | None:
+    """The `rules` of the configuration last applied from the cloud, or None (none applied with rules)."""
+    if not Path(db_path).is_file():
+        return None
+    with closing(sqlite3.connect(db_path)) as conn:
+        found = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'alarm_rules'")
+        if found.fetchone() is None:
+            return None
+        row = conn.execute("SELECT rules FROM alarm_rules WHERE key = 'applied'").fetchone()
+    return None if row is None else list(json.loads(row[0]))
+
+
+def configured_rules(site: Site, db_path: str | Path) -> list[Rule]:
+    """The rules an edge runs: the cloud's applied ones if any, else the site file's."""
+    stored = stored_rules(db_path)
+    if stored is not None:
+        return parse_rules(stored)
+    return site_rules(site)
+
+
+class Sink(Protocol):
+    """What the uplink offers the runner (emsbms.uplink.link.EdgeUplink)."""
+
+    def post_transition(self, t: Transition) -> None: ...
+    def post_event(self, e: Event) -> None: ...
+    def attach_alarms(self, runner: AlarmRunner) -> None: ...
+
+
+def start_alarms(edge: Edge, db_path: str | Path, link: Sink | None = None,
+                 on_event: Callable[[Event], None] | None = None) -> AlarmRunner:
+    """The runner of `emsbms run`, started: transitions and events to the uplink when there is one."""
+    runner = AlarmRunner(edge, configured_rules(edge.site, db_path), db_path,
+                         on_transition=link.post_transition if link is not None else None,
+                         on_event=link.post_event if link is not None else on_event)
+    if link is not None:
+        link.attach_alarms(runner)
+    return runner.start()
