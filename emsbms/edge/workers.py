@@ -24,7 +24,7 @@ from typing import Any
 
 from emsbms.can.bus import BusState
 from emsbms.edge.registry import Registry
-from emsbms.edge.workers_proto import child_main, decode, encode, info_from_rows
+from emsbms.edge.workers_proto import child_main, decode, encode, info_from_rows, samples_of
 from emsbms.errors import BusError
 from emsbms.site import Site
 from emsbms.types import ChannelInfo, ChannelKind, CommandResult, CommandStatus, CommState, Sample
@@ -151,18 +151,8 @@ class GroupWorker:
             except (EOFError, OSError):
                 return
             kind = message[0]
-            if kind == "up":
-                samples: list[Any] = []
-                stale: list[str] = []
-                for item in message[1]:
-                    if type(item) is str:
-                        stale.append(item)
-                    else:
-                        if stale:  # keep the order: what came before the stale marks first
-                            apply(samples, stale)
-                            samples, stale = [], []
-                        samples.append(item)
-                apply(samples, stale)
+            if kind == "up":  # one update of the worker's registry, applied as one here
+                apply(samples_of(message), message[2])
             elif kind == "result":
                 self._resolve(message[1:])
             elif kind == "info":

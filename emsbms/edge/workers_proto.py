@@ -3,15 +3,16 @@
 One `multiprocessing` Pipe per worker, one msgpack document per message:
 
 - worker → main: ``["info", [[address, unit, kind, description, min, max], ...]]`` once at start,
-  ``["ready", pid]``, ``["up", [sample | stale address, ...]]`` once per registry update of the
-  worker (one per dispatcher batch or tick, sent by the dispatcher thread itself), in order (a
-  sample ``[address, value, timestamp_us, quality]`` keeps the frame's own µs timestamp; a bare
-  address marks it stale), ``["result", id, address, value, status, detail, frames]`` for a
-  command, ``["error", text]``.
+  ``["ready", pid]``, ``["up", samples, stale, marks]`` once per registry update of the worker (one
+  per dispatcher batch or tick, sent by the dispatcher thread itself), in order (a sample
+  ``[address, value, timestamp_us, quality]`` keeps the frame's own µs timestamp; `stale` are the
+  addresses it marks stale; `marks` ``[[index, enum name], ...]``), ``["result", id, address,
+  value, status, detail, frames]`` for a command, ``["error", text]``.
 - main → worker: ``["write", id, device, name, value, timeout]``, ``["stop"]``.
 
-Enum values (Quality, CommState, BusState, …) travel as msgpack ext type 1 ``"<Enum>:<value>"``
-and come back as the same enum members.
+Enum values (Quality, CommState, BusState, …) travel as their str or int (what msgpack makes of a
+StrEnum or IntEnum, in C); an ``up`` message lists which values were which enum, and the main
+process restores them, so its registry holds the same members as a one-process edge.
 """
 
 from __future__ import annotations
@@ -36,37 +37,44 @@ log = logging.getLogger(__name__)
 
 ENUMS: dict[str, type[Enum]] = {e.__name__: e for e in (Quality, CommState, BusState, AlarmLevel, ChannelKind,
                                                          CommandStatus)}
+"""The enums a value may be; msgpack packs them as their str or int, `marks` says which they were."""
+
+_PLAIN = frozenset({float, int, str, bool, type(None)})
+_QUALITY = {q.value: q for q in Quality}
 
 
 def _default(obj: object) -> Any:
     if isinstance(obj, Enum):
-        name = type(obj).__name__
-        if name in ENUMS:
-            return msgpack.ExtType(1, f"{name}:{obj.value}".encode())
         return obj.value
-    if isinstance(obj, tuple):
-        return list(obj)
-    if isinstance(obj, str):
-        return str(obj)
     raise TypeError(f"cannot send {type(obj).__name__} to the main process")
 
 
-def _ext(code: int, data: bytes) -> Any:
-    if code != 1:
-        return msgpack.ExtType(code, data)
-    name, _, value = data.decode().partition(":")
-    kind = ENUMS[name]
-    return kind(int(value)) if issubclass(kind, int) else kind(value)
-
-
 def encode(message: list[Any]) -> bytes:
-    return msgpack.packb(message, default=_default, strict_types=True)  # type: ignore[no-any-return]
+    return msgpack.packb(message, default=_default)  # type: ignore[no-any-return]
 
 
 def decode(data: bytes) -> list[Any]:
-    doc = msgpack.unpackb(data, ext_hook=_ext, strict_map_key=False)
-    assert isinstance(doc, list)
-    return doc
+    doc = msgpack.unpackb(data, use_list=False, strict_map_key=False)
+    assert isinstance(doc, tuple)
+    return list(doc)
+
+
+def update(samples: list[Sample], stale: list[str]) -> list[Any]:
+    """The ``up`` message of one registry update; enum values are marked by index and enum name."""
+    marks = [(i, type(s[1]).__name__) for i, s in enumerate(samples) if type(s[1]) not in _PLAIN]
+    return ["up", samples, stale, marks]
+
+
+def samples_of(message: list[Any]) -> list[Sample]:
+    """The samples of an ``up`` message as the worker had them (qualities and enum values restored)."""
+    quality = _QUALITY
+    samples: list[Any] = [(a, v, t, quality[q]) for a, v, t, q in message[1]]
+    for i, name in message[3]:
+        kind = ENUMS.get(name)
+        if kind is not None:
+            a, v, t, q = samples[i]
+            samples[i] = (a, kind(v), t, q)
+    return samples
 
 
 def info_rows(infos: Iterable[ChannelInfo]) -> list[list[Any]]:
@@ -74,7 +82,7 @@ def info_rows(infos: Iterable[ChannelInfo]) -> list[list[Any]]:
 
 
 def info_from_rows(rows: Iterable[list[Any]]) -> list[ChannelInfo]:
-    return [ChannelInfo(a, u, k, d, lo, hi) for a, u, k, d, lo, hi in rows]
+    return [ChannelInfo(a, u, ChannelKind(k), d, lo, hi) for a, u, k, d, lo, hi in rows]
 
 
 class _Link:
@@ -103,12 +111,11 @@ class ForwardingRegistry(Registry):
         self.link = link
 
     def apply(self, samples: Iterable[Sample], stale: Iterable[str] = ()) -> None:
-        items: list[Any] = list(samples)
-        if stale:
-            items.extend(stale)
-        if items:
+        items = samples if type(samples) is list else list(samples)
+        gone = stale if type(stale) is list else list(stale)
+        if items or gone:
             with contextlib.suppress(OSError):  # the main process is gone: the worker is stopping
-                self.link.send(["up", items])
+                self.link.send(update(items, gone))
 
 
 def child_main(conn: Connection, edge_class: Any, site: Any, bus_factory: Any, queue_size: int) -> None:
