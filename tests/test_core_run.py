@@ -3,6 +3,7 @@ through the edge database (the path of `emsbms overrides`)."""
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,11 +11,14 @@ from typing import Any
 
 import can
 import pytest
+from typer.testing import CliRunner
 
+from emsbms.cli import app
 from emsbms.core.controller import Source
 from emsbms.core.overrides import read_overrides, request_cancel
 from emsbms.core.service import EdgeCore, cancel_address
 from emsbms.edge import Edge
+from emsbms.edge.lock import EdgeLock
 from emsbms.errors import ConfigError
 from emsbms.sim.runner import Simulation
 from emsbms.site import Site, parse_site
@@ -140,3 +144,25 @@ def test_a_cloud_write_wins_until_cancelled_through_the_database(
     assert request_cancel(db, "s2/SetChargeCurrent", 10.0) == "s2/SetChargeCurrent has no active override"
     gone = core.writer.write(cancel_address("s2/SetChargeCurrent"), 1.0)
     assert (gone.status, gone.detail) == (CommandStatus.REJECTED, "s2/SetChargeCurrent has no active override")
+
+
+def test_emsbms_overrides_lists_and_cancels_the_running_edges_overrides(
+        running: tuple[Edge, EdgeCore, dict[str, can.BusABC], Simulation, Path]) -> None:
+    _edge, core, _listeners, _sim, db = running
+    runner = CliRunner()
+    assert runner.invoke(app, ["overrides", "--db", str(db)]).exit_code == 2  # no edge holds the lock
+    lock = EdgeLock.acquire(db)  # as `emsbms run` holds it
+    try:
+        assert runner.invoke(app, ["overrides", "--db", str(db)]).output == "no active overrides\n"
+        assert wait(lambda: core.dispatcher.writes[Source.AUTO] >= 3, 20)
+        assert core.writer.write("s0/SetChargeCurrent", 9.0).status is CommandStatus.SENT
+        listed = runner.invoke(app, ["overrides", "--db", str(db), "--json"])
+        assert json.loads(listed.output)[0]["address"] == "s0/SetChargeCurrent"
+        assert json.loads(listed.output)[0]["value"] == 9.0
+        cancelled = runner.invoke(app, ["overrides", "--db", str(db), "--cancel", "s0/SetChargeCurrent"])
+        assert (cancelled.exit_code, cancelled.output) == (0, "override of s0/SetChargeCurrent = 9 cancelled\n")
+        assert core.dispatcher.overrides() == []
+        again = runner.invoke(app, ["overrides", "--db", str(db), "--cancel", "s0/SetChargeCurrent"])
+        assert again.exit_code == 4
+    finally:
+        lock.release()
