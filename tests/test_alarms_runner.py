@@ -1,0 +1,154 @@
+"""The alarm runner on a real edge (python-can `virtual` bus, hand-sent Pylon frames), its site-file
+rules, its persistence across a restart, and the ack route through the uplink's CommandHandler."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import can
+import pytest
+
+from emsbms import Edge
+from emsbms.alarms import AlarmRuleError, AlarmState, Transition, parse_rules
+from emsbms.alarms.index import RuleIndex
+from emsbms.alarms.runner import AlarmRunner
+from emsbms.alarms.sources import site_rules
+from emsbms.edge.events import Event, EventKind, Severity
+from emsbms.errors import ConfigError
+from emsbms.site import parse_site
+from emsbms.uplink.commands import CommandHandler
+from tests.conftest import virtual_site, wait
+
+HOT = {"name": "hot", "expression": "*/Temperature > 40", "clear_expression": "*/Temperature < 35",
+       "for": "300ms", "severity": "FAULT", "latch": True}
+
+
+def send_temperature(peer: can.BusABC, celsius: float) -> None:
+    """A Pylon 0x356 frame: 52.12 V, -12.5 A and this temperature (0.1 °C)."""
+    data = bytes.fromhex("5c1483ff") + round(celsius * 10).to_bytes(2, "little", signed=True)
+    peer.send(can.Message(arbitration_id=0x356, data=data, is_extended_id=False))
+
+
+@pytest.fixture
+def edge_and_peer() -> Iterator[tuple[Edge, can.BusABC]]:
+    site = virtual_site(["can0"], [{"name": "bms_0", "bus": "can0", "profile": "pylon-lv"}])
+    peer = can.Bus(interface="virtual", channel=site.buses[0].channel)
+    edge = Edge(site).start()
+    yield edge, peer
+    edge.stop()
+    peer.shutdown()
+
+
+def state(edge: Edge) -> object:
+    r = edge.registry.get("alarms/hot/bms_0/State")
+    return None if r is None else r.value
+
+
+def test_an_over_temperature_frame_raises_after_the_on_delay_with_the_state_channel_and_the_event(
+        edge_and_peer: tuple[Edge, can.BusABC], tmp_path: Path) -> None:
+    edge, peer = edge_and_peer
+    events: list[Event] = []
+    transitions: list[Transition] = []
+    runner = AlarmRunner(edge, parse_rules([HOT]), tmp_path / "edge.db", on_transition=transitions.append,
+                         on_event=events.append).start()
+    try:
+        send_temperature(peer, 23.4)
+        assert wait(lambda: state(edge) == "ok")
+        assert edge.registry.info("alarms/hot/bms_0/State").kind.value == "state"
+        send_temperature(peer, 45.0)
+        assert wait(lambda: state(edge) == "active")
+        assert [(t.previous.value, t.state.value) for t in transitions] == [("ok", "pending"), ("pending", "active")]
+        active = transitions[1]
+        assert active.timestamp_us - transitions[0].timestamp_us >= 300_000  # the on-delay ran
+        assert (active.value, active.acked, active.severity.name) == (45.0, False, "FAULT")
+        assert events[-1] == Event(active.timestamp_us, "bms_0", EventKind.ALARM, Severity.ALARM,
+                                   "hot: bms_0/Temperature 45 > 40 for 0.3 s: active")
+        send_temperature(peer, 38.0)  # below the raise threshold, above the clear one: hysteresis
+        assert wait(lambda: edge.registry.get("bms_0/Temperature").value == pytest.approx(38.0))  # type: ignore[union-attr]
+        runner.cycle(time.time_ns() // 1000)
+        assert state(edge) == "active"
+        send_temperature(peer, 30.0)
+        assert wait(lambda: state(edge) == "latched")
+    finally:
+        runner.close()
+
+
+def test_a_restarted_runner_keeps_a_latched_fault_from_the_database(
+        edge_and_peer: tuple[Edge, can.BusABC], tmp_path: Path) -> None:
+    edge, peer = edge_and_peer
+    rules = parse_rules([{**HOT, "for": "0s"}])
+    first = AlarmRunner(edge, rules, tmp_path / "edge.db").start()
+    send_temperature(peer, 45.0)
+    assert wait(lambda: state(edge) == "active")
+    send_temperature(peer, 30.0)
+    assert wait(lambda: state(edge) == "latched")
+    first.close()
+    second = AlarmRunner(edge, rules, tmp_path / "edge.db").start()
+    try:
+        send_temperature(peer, 29.0)  # still cool: a fresh engine would say ok
+        assert wait(lambda: edge.registry.get("bms_0/Temperature").value == pytest.approx(29.0))  # type: ignore[union-attr]
+        second.cycle(time.time_ns() // 1000)
+        assert [(s.id, s.state) for s in second.engine.states()] == [("hot/bms_0", AlarmState.LATCHED)]
+        t = second.ack("hot", "bms_0", time.time_ns() // 1000)
+        assert (t.previous, t.state, t.acked) == (AlarmState.LATCHED, AlarmState.OK, True)
+        assert state(edge) == "ok"
+    finally:
+        second.close()
+
+
+def ack_cmd(id: str, address: str, value: float = 1) -> bytes:
+    deadline = time.time_ns() // 1000 + 60_000_000
+    return json.dumps({"id": id, "address": address, "value": value, "deadline_us": deadline}).encode()
+
+
+def test_the_ack_route_through_the_command_handler_at_most_once(
+        edge_and_peer: tuple[Edge, can.BusABC], tmp_path: Path) -> None:
+    edge, peer = edge_and_peer
+    runner = AlarmRunner(edge, parse_rules([{**HOT, "for": "0s"}]), tmp_path / "edge.db").start()
+    handler = CommandHandler(edge, tmp_path / "edge.db")
+    handler.alarms = runner
+    try:
+        send_temperature(peer, 45.0)
+        assert wait(lambda: state(edge) == "active")
+        now = time.time_ns() // 1000
+        first = json.loads(handler.handle(ack_cmd("a1", "alarms/hot/bms_0/Ack"), now) or b"{}")
+        assert (first["status"], first["detail"]) == ("acked", "alarm 'hot/bms_0' acknowledged: active")
+        again = json.loads(handler.handle(ack_cmd("a1", "alarms/hot/bms_0/Ack"), now) or b"{}")
+        assert again == first  # the ledger answers a repeat with the first result
+        assert runner.engine.states()[0].acked is True
+        unknown = json.loads(handler.handle(ack_cmd("a2", "alarms/cold/bms_0/Ack"), now) or b"{}")
+        assert unknown["status"] == "rejected"
+        assert unknown["detail"].startswith("no alarm 'cold/bms_0' (known: hot/bms_0")
+        bad = json.loads(handler.handle(ack_cmd("a3", "alarms/hot/Ack"), now) or b"{}")
+        assert (bad["status"], bad["detail"]) == (
+            "rejected", "expected an address alarms/<rule>/<device>/Ack, found 'alarms/hot/Ack'; nothing sent")
+    finally:
+        handler.close()
+        runner.close()
+
+
+def test_site_file_rules_name_the_file_the_table_and_the_key() -> None:
+    base = {"site": {"org": "o", "name": "s"}}
+    with pytest.raises(ConfigError, match=r"^site.toml: \[\[rule\]\] #1 'hot': unknown key 'fro'; did you mean 'for'"):
+        parse_site({**base, "rule": [{**HOT, "fro": "2s"}]}, "site.toml")
+    with pytest.raises(ConfigError, match=r"^site.toml: \[\[rule\]\] #2 'b': key 'latch' expected bool, found str"):
+        parse_site({**base, "rule": [{**HOT, "name": "a"}, {**HOT, "name": "b", "latch": "yes"}]}, "site.toml")
+    site = parse_site({**base, "rule": [HOT, {**HOT, "expression": "*/Temperature > )"}]}, "site.toml")
+    with pytest.raises(AlarmRuleError, match=r"^site.toml: \[\[rule\]\] #2: rule 'hot': expression column 17: "
+                                             r"expected a number or an address, found '\)'$"):
+        site_rules(site)
+    assert [r.name for r in site_rules(parse_site({**base, "rule": [HOT]}, "site.toml"))] == ["hot"]
+
+
+def test_the_index_maps_a_channel_to_the_instances_it_can_move() -> None:
+    rules = parse_rules([HOT, {"name": "spread", "expression": "max(*/Soc) - min(*/Soc) > 15", "severity": "INFO"},
+                         {"name": "lit", "expression": "*/Voltage > bms_9/Voltage", "severity": "INFO"}])
+    index = RuleIndex(rules)
+    assert index.targets(["bms_3/Temperature"]) == {"hot": {"bms_3"}}
+    assert index.targets(["bms_3/Soc", "bms_4/Temperature"]) == {"spread": None, "hot": {"bms_4"}}
+    assert index.targets(["bms_9/Voltage"]) == {"lit": None}
+    assert index.targets(["bms_3/Current"]) == {}
+    assert index.targets(["bms_3/CommState"]) is None  # comm changes step everything
