@@ -152,3 +152,29 @@ def test_the_index_maps_a_channel_to_the_instances_it_can_move() -> None:
     assert index.targets(["bms_9/Voltage"]) == {"lit": None}
     assert index.targets(["bms_3/Current"]) == {}
     assert index.targets(["bms_3/CommState"]) is None  # comm changes step everything
+
+
+def test_the_cloud_configs_rules_are_checked_whole_stored_and_handed_to_the_runner(tmp_path: Path) -> None:
+    from emsbms.alarms.sources import configured_rules
+    from emsbms.uplink.config import ConfigHandler
+    from tests.test_uplink_config import rig
+
+    with rig(tmp_path) as r:
+        handler = ConfigHandler(r.edge, r.db)
+        swapped: list[list[str]] = []
+        handler.on_rules = lambda rules: swapped.append([x.name for x in rules])
+
+        def payload(version: str, rules: object) -> bytes:
+            body = json.loads(r.payload(version, profiles=[]))
+            return json.dumps({**body, "rules": rules}).encode()
+
+        bad = json.loads(handler.handle(payload("7", [HOT, {**HOT, "name": "x", "severity": "LOUD"}]), 1))
+        assert (bad["status"], bad["detail"]) == (
+            "failed", "config 7: key 'rules': rule 'x': key 'severity' expected INFO, WARNING or FAULT,"
+                      " found 'LOUD'; the running configuration stays")
+        assert swapped == [] and handler.applied() is None
+        assert configured_rules(r.edge.site, r.db) == []  # nothing stored: the site's (none) stand
+        good = json.loads(handler.handle(payload("8", [HOT]), 2))
+        assert good["status"] == "applied" and good["detail"].endswith("1 alarm rule")
+        assert swapped == [["hot"]]
+        assert [x.name for x in configured_rules(r.edge.site, r.db)] == ["hot"]

@@ -7,13 +7,11 @@ default rules of the profiles in use (per device: ``*/`` is the device itself).
 
 from __future__ import annotations
 
-import json
-import sqlite3
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import closing
 from pathlib import Path
 from typing import Any, Protocol
 
+from emsbms.alarms.applied import stored_rules
 from emsbms.alarms.engine import Transition
 from emsbms.alarms.expr import AlarmRuleError
 from emsbms.alarms.rules import Rule, parse_rule, parse_rules
@@ -21,11 +19,6 @@ from emsbms.alarms.runner import AlarmRunner
 from emsbms.edge import Edge
 from emsbms.edge.events import Event
 from emsbms.site import Site
-
-RULES_SCHEMA = """CREATE TABLE IF NOT EXISTS alarm_rules (
-    key TEXT PRIMARY KEY CHECK (key = 'applied'), version TEXT NOT NULL, rules TEXT NOT NULL
-)"""
-"""The rules of the configuration applied from the cloud (JSON), written in the config's transaction."""
 
 
 def site_rules(site: Site) -> list[Rule]:
@@ -61,18 +54,6 @@ def profile_rules(raws: Sequence[Mapping[str, Any]], device: str, profile: str) 
     except AlarmRuleError as e:
         raise AlarmRuleError(f"profile {profile!r} (device {device}): {e}") from None
     return out
-
-
-def stored_rules(db_path: str | Path) -> list[dict[str, Any]] | None:
-    """The `rules` of the configuration last applied from the cloud, or None (none applied with rules)."""
-    if not Path(db_path).is_file():
-        return None
-    with closing(sqlite3.connect(db_path)) as conn:
-        found = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'alarm_rules'")
-        if found.fetchone() is None:
-            return None
-        row = conn.execute("SELECT rules FROM alarm_rules WHERE key = 'applied'").fetchone()
-    return None if row is None else list(json.loads(row[0]))
 
 
 def configured_rules(site: Site, db_path: str | Path) -> list[Rule]:

@@ -22,12 +22,15 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from emsbms.alarms.applied import RULES_SCHEMA
+from emsbms.alarms.rules import Rule, parse_rules
 from emsbms.db import EdgeDb, split_ref, version_key
 from emsbms.edge.edge import Edge
 from emsbms.edge.reconfig import SiteChange
@@ -74,6 +77,8 @@ class Desired:
     hash: str
     site: Site
     profiles: dict[str, Profile]  # by device name
+    rules: list[dict[str, Any]] | None = None  # the alarm rules (None: the key is absent, the rules stay)
+    parsed_rules: list[Rule] | None = None
 
 
 def payload_hash(data: dict[str, Any]) -> str:
@@ -93,9 +98,9 @@ def parse_payload(payload: bytes) -> tuple[str, dict[str, Any]]:
     if not isinstance(version, str) or not version:
         found = "nothing" if "version" not in data else repr(version)
         raise ConfigError(f"config: key 'version': expected a non-empty string, found {found}")
-    unknown = sorted(set(data) - {"version", "site", "profiles"})
+    unknown = sorted(set(data) - {"version", "site", "profiles", "rules"})
     if unknown:
-        raise ConfigError(f"config {version}: unknown key {unknown[0]!r}; known: version, site, profiles")
+        raise ConfigError(f"config {version}: unknown key {unknown[0]!r}; known: version, site, profiles, rules")
     if not isinstance(data.get("site"), dict):
         raise ConfigError(f"config {version}: key 'site': expected an object of site-file tables"
                           f" (bus, device), found {type(data.get('site')).__name__}")
@@ -147,7 +152,14 @@ def desired(payload: bytes, running: Site, db: EdgeDb) -> Desired:
         except EmsbmsError as e:
             raise ConfigError(f"{label}: [[device]] #{i + 1} {d.name!r}: key 'profile': {e}") from e
     build_adapters(site, profiles)  # the site's own checks: IDs, widths, collisions, J1939
-    return Desired(version, payload_hash(data), site, profiles)
+    raw_rules = data.get("rules")
+    rules = None
+    if raw_rules is not None:
+        try:
+            rules = parse_rules(raw_rules)
+        except ConfigError as e:
+            raise ConfigError(f"{label}: key 'rules': {e}") from e
+    return Desired(version, payload_hash(data), site, profiles, raw_rules, rules)
 
 
 class ConfigHandler:
@@ -158,8 +170,10 @@ class ConfigHandler:
         self.db_path = Path(db_path)
         self.activations = 0  # devices switched, added or removed by this handler (a repeated version adds none)
         self.structural_changes = 0  # applied versions that added or removed channels or buses (a new birth)
+        self.on_rules: Callable[[list[Rule]], None] | None = None  # the alarm runner's `replace_rules`
         with EdgeDb(self.db_path) as db:
             db.db.execute(_SCHEMA)
+            db.db.execute(RULES_SCHEMA)
 
     def applied(self) -> tuple[str, str] | None:
         """(version, hash) of the configuration applied last, or None."""
@@ -200,6 +214,9 @@ class ConfigHandler:
                 db.site.replace(stored)
                 db.db.execute("INSERT OR REPLACE INTO uplink_config (key, version, hash, applied_us)"
                               " VALUES ('applied', ?, ?, ?)", [want.version, want.hash, now_us])
+                if want.rules is not None:
+                    db.db.execute("INSERT OR REPLACE INTO alarm_rules (key, version, rules) VALUES ('applied', ?, ?)",
+                                  [want.version, json.dumps(want.rules)])
                 try:
                     change = self.edge.apply_site(target, want.profiles)  # goes back itself if it fails
                 except EmsbmsError as e:
@@ -208,6 +225,8 @@ class ConfigHandler:
             if change is not None:  # applied, then the commit failed: the edge goes back too
                 self.edge.apply_site(*before)
             raise
+        if want.parsed_rules is not None and self.on_rules is not None:
+            self.on_rules(want.parsed_rules)
         self.activations += len(change.switched) + len(change.added) + len(change.removed) + len(change.fresh)
         self.structural_changes += int(change.structural)
         return Status(want.version, ConfigStatus.APPLIED, _detail(want, change), change.switched)
@@ -222,6 +241,8 @@ def _detail(want: Desired, change: SiteChange) -> str:
     parts += [f"{n} added ({want.profiles[n].name} {want.profiles[n].version})" for n in change.added]
     parts += [f"{n} on {want.profiles[n].name} {want.profiles[n].version} (bus {d.bus})"
               for n in change.fresh for d in want.site.devices if d.name == n]
+    if want.rules is not None:
+        parts.append(f"{len(want.rules)} alarm rule{'s' if len(want.rules) != 1 else ''}")
     if not parts:
         return f"version {want.version} applied: every device runs its profile already"
     return f"version {want.version} applied: " + ", ".join(parts)

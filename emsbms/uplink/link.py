@@ -190,6 +190,7 @@ class EdgeUplink:
     def attach_alarms(self, runner: AlarmRunner) -> None:
         """Acknowledgements (`alarms/<rule>/<device>/Ack` commands) go to `runner`."""
         self.commands.alarms = runner
+        self.config.on_rules = runner.replace_rules
 
     def birth(self, bd_seq: int) -> bytes:
         registry = self.edge.registry
