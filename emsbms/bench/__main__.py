@@ -2,7 +2,8 @@
 
 Scenarios: decode, capacity (the edge alone, frames put into its queues), e2e (virtual buses),
 udp (udp_multicast, generator in another process), devices, commands, startup, and the uplink through a
-real Mosquitto (uplink-commands, uplink-config, uplink-telemetry). ``--quick`` runs
+real Mosquitto (uplink-commands, uplink-config, uplink-telemetry), and the cloud service with a real
+PostgreSQL (cloud-ingest, cloud-api, cloud-fleet). ``--quick`` runs
 each one tiny (what the tests do).
 """
 
@@ -23,11 +24,11 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from emsbms.bench import cloud, commands, decode, devices, e2e, groups, startup, uplink_scenarios
+from emsbms.bench import alarms, cloud, commands, decode, devices, e2e, groups, startup, uplink_scenarios
 from emsbms.bench.measure import cores
 
 SCENARIOS = ("decode", "capacity", "e2e", "udp", "groups", "devices", "commands", "startup", "uplink-commands",
-             "uplink-config", "uplink-telemetry", "cloud-ingest", "cloud-api", "cloud-fleet")
+             "uplink-config", "uplink-telemetry", "cloud-ingest", "cloud-api", "cloud-fleet", "alarms")
 
 
 class _CountingHandler(logging.Handler):
@@ -148,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         "udp": ("End to end, udp_multicast, generator in another process: edge (baseline)",
                 lambda: _e2e("udp_multicast", q, d)),
         "groups": ("Bus groups, udp_multicast: one process vs worker processes (CPU: main + workers)",
-                   lambda: groups.rows(groups.run(q, d))),
+                   lambda: groups.rows(groups.run_all(q, d))),
         "devices": ("Device count, 4 buses, mixed protocols", lambda: _devices(q, d)),
         "commands": ("Command round trip, edge vs the bare libraries", lambda: _commands(q)),
         "startup": ("Start-up, cold", lambda: _startup(q)),
@@ -163,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
         "cloud-api": ("Cloud: command via the API vs a local edge.write; config to channels; series",
                       lambda: cloud.api(q)),
         "cloud-fleet": ("Cloud: a fleet of light edges into emsbms cloud serve", lambda: cloud.fleet(q, d)),
+        "alarms": ("Alarms: rule cost per sample vs the registry's update; frame → event latency",
+                   lambda: alarms.rows(q)),
     }
     doc: dict[str, Any] = {
         "cores": cores(), "python": platform.python_version(), "platform": platform.platform(),
