@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         "udp": ("End to end, udp_multicast, generator in another process: edge (baseline)",
                 lambda: _e2e("udp_multicast", q, d)),
         "groups": ("Bus groups, udp_multicast: one process vs worker processes (CPU: main + workers)",
-                   lambda: groups.rows(groups.run_all(q, d))),
+                   lambda: groups.rows(groups.run(q, d))),
         "devices": ("Device count, 4 buses, mixed protocols", lambda: _devices(q, d)),
         "commands": ("Command round trip, edge vs the bare libraries", lambda: _commands(q)),
         "startup": ("Start-up, cold", lambda: _startup(q)),
