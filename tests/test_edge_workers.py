@@ -171,3 +171,12 @@ def test_a_killed_worker_goes_lost_restarts_and_the_other_group_runs_on(grouped:
             assert during, f"hv_0 decoded nothing while g1 was down ({down}..{up})"
     finally:
         logger.removeHandler(handler)
+
+
+def test_the_groups_bench_counts_every_frame_of_paced_buses_in_workers() -> None:
+    from emsbms.bench.groups import run_paced
+
+    r = run_paced(2, 500_000, 2, load=0.05, duration=0.5)
+    expected = 2 * int(r.target_fps / 2 * 0.5)  # per bus: rate × duration frames
+    assert (r.workers, r.edge.sent, r.edge.received, r.edge.lost, r.edge.duplicates) == (2, expected, expected, 0, 0)
+    assert r.worker_us_per_frame is not None and r.worker_us_per_frame > 0
