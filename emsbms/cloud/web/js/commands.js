@@ -70,6 +70,6 @@ export async function commandsPage(page, name) {
     el("label", { for: "cmd-value" }, "Value"), value, about,
     el("label", { for: "cmd-timeout" }, "Timeout (s)"), timeout, submit),
     message("The edge checks every command against the profile again; a refused command is not sent to the BMS."),
-    table("Results (this tab)", ["Address", "Value", "Result", "Reason", "Round trip"], [results]));
+    table("Results (this tab)", ["Address", "Value", "Result", "Reason", "Round trip"], results));
   return null;
 }

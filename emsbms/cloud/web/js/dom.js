@@ -39,7 +39,7 @@ export function table(caption, headers, rows) {
   return el("div", { class: "scroll" }, el("table", {},
     el("caption", {}, caption),
     el("thead", {}, el("tr", {}, headers.map((h) => el("th", { scope: "col" }, h)))),
-    el("tbody", {}, rows)));
+    rows instanceof HTMLTableSectionElement ? rows : el("tbody", {}, rows)));
 }
 
 export function message(text, kind = "note") {

@@ -21,8 +21,11 @@ export async function plotPage(page, name) {
   page.append(el("h2", {}, `Plot · ${name}`));
   const readings = await get(`${site(name)}/channels`);
   const numeric = Object.keys(readings).filter((a) => typeof readings[a].value === "number");
+  // chosen at first: the first device's Voltage and Current (else the first numeric channel)
+  const first = numeric.find((a) => a.endsWith("/Voltage")) || numeric[0];
+  const second = first && first.endsWith("/Voltage") ? first.replace(/Voltage$/, "Current") : null;
   const picker = el("select", { id: "plot-channels", multiple: true, size: Math.min(8, Math.max(3, numeric.length)) },
-    numeric.map((a, i) => el("option", { value: a, selected: i === 0 || a.endsWith("/Voltage") && i < 6 }, a)));
+    numeric.map((a) => el("option", { value: a, selected: a === first || a === second }, a)));
   const windowSelect = el("select", { id: "plot-window" },
     WINDOWS.map(([label, s]) => el("option", { value: s, selected: s === 900 }, `last ${label}`)));
   const error = el("p", { class: "error", role: "alert" });
@@ -48,9 +51,12 @@ export async function plotPage(page, name) {
       const opts = {
         width: Math.max(280, chart.clientWidth || 600), height: 320,
         cursor: { drag: { x: true, y: false } },
+        // the second channel on its own right-hand axis (a voltage and a current differ in scale)
         series: [{}, ...chosen.map((a, i) => ({ label: `${a}${readings[a].unit ? " (" + readings[a].unit + ")" : ""}`,
-                                               stroke: COLOURS[i % COLOURS.length], spanGaps: true }))],
-        axes: [{}, {}],
+                                               scale: i === 1 ? "y2" : "y", stroke: COLOURS[i % COLOURS.length],
+                                               spanGaps: true }))],
+        axes: chosen.length > 1 ? [{}, { scale: "y" }, { scale: "y2", side: 1, grid: { show: false } }]
+          : [{}, { scale: "y" }],
       };
       if (plot) plot.destroy();
       chart.replaceChildren();
