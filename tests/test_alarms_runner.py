@@ -178,3 +178,12 @@ def test_the_cloud_configs_rules_are_checked_whole_stored_and_handed_to_the_runn
         assert good["status"] == "applied" and good["detail"].endswith("1 alarm rule")
         assert swapped == [["hot"]]
         assert [x.name for x in configured_rules(r.edge.site, r.db)] == ["hot"]
+
+
+def test_the_alarms_bench_quick_steps_every_instance_and_times_every_crossing() -> None:
+    from emsbms.bench.alarms import cost, latency
+
+    c = cost(devices=8, rules=50, rounds=3)
+    assert (c.instances, c.samples) == (40 * 8 + 10, 3 * 8)
+    lat = latency(rules=20, crossings=2)
+    assert (lat.crossings, lat.raised) == (4, 4)

@@ -18,14 +18,16 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Protocol
 
 from emsbms.alarms.engine import SITE, AlarmEngine, AlarmState, AlarmStatus, Transition, state_address
 from emsbms.alarms.index import RuleIndex, Targets
 from emsbms.alarms.rules import Rule, Severity
 from emsbms.alarms.store import AlarmStore
-from emsbms.edge import Edge
 from emsbms.edge.events import Event, EventKind
 from emsbms.edge.events import Severity as EventSeverity
+from emsbms.edge.registry import Registry
+from emsbms.site import Site
 from emsbms.types import ChannelInfo, ChannelKind, CommState, Quality, Reading, Sample
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,13 @@ def event_of(t: Transition) -> Event:
     return Event(t.timestamp_us, t.device, EventKind.ALARM, severity, t.text)
 
 
+class EdgeLike(Protocol):
+    """What the runner reads of an `Edge`: its registry and its site (the devices)."""
+
+    registry: Registry
+    site: Site
+
+
 def _now_us() -> int:
     return time.time_ns() // 1000
 
@@ -51,7 +60,7 @@ def _now_us() -> int:
 class AlarmRunner:
     """Rules evaluated on a running edge (see the module docstring)."""
 
-    def __init__(self, edge: Edge, rules: Sequence[Rule], db_path: str | Path,
+    def __init__(self, edge: EdgeLike, rules: Sequence[Rule], db_path: str | Path,
                  on_transition: Callable[[Transition], None] | None = None,
                  on_event: Callable[[Event], None] | None = None, every: float = 0.1,
                  clock: Callable[[], int] = _now_us) -> None:

@@ -24,11 +24,11 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from emsbms.bench import cloud, commands, decode, devices, e2e, groups, startup, uplink_scenarios
+from emsbms.bench import alarms, cloud, commands, decode, devices, e2e, groups, startup, uplink_scenarios
 from emsbms.bench.measure import cores
 
 SCENARIOS = ("decode", "capacity", "e2e", "udp", "groups", "devices", "commands", "startup", "uplink-commands",
-             "uplink-config", "uplink-telemetry", "cloud-ingest", "cloud-api", "cloud-fleet")
+             "uplink-config", "uplink-telemetry", "cloud-ingest", "cloud-api", "cloud-fleet", "alarms")
 
 
 class _CountingHandler(logging.Handler):
@@ -164,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
         "cloud-api": ("Cloud: command via the API vs a local edge.write; config to channels; series",
                       lambda: cloud.api(q)),
         "cloud-fleet": ("Cloud: a fleet of light edges into emsbms cloud serve", lambda: cloud.fleet(q, d)),
+        "alarms": ("Alarms: rule cost per sample vs the registry's update; frame → event latency",
+                   lambda: alarms.rows(q)),
     }
     doc: dict[str, Any] = {
         "cores": cores(), "python": platform.python_version(), "platform": platform.platform(),
