@@ -281,6 +281,7 @@ CONTRACT = {
     ("get", "/sites/{site}/alarms"), ("post", "/sites/{site}/alarms/{alarm_id}/ack"), ("post", "/webhooks"),
     ("get", "/webhooks"), ("delete", "/webhooks/{webhook_id}"),
     ("get", "/sites/{site}/live"), ("get", "/sites/{site}/devices"),
+    ("get", "/sites/{site}/overrides"), ("delete", "/sites/{site}/overrides/{address}"),
 }
 
 

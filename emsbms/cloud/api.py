@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse
 from psycopg import Connection
 from pydantic import BaseModel, ConfigDict, Field
 
-from emsbms.cloud import alarms_api, live, queries, web
+from emsbms.cloud import alarms_api, live, overrides_api, queries, web
 from emsbms.cloud.commands import Outcome, Waiters, cloud_check, new_id, record, send
 from emsbms.cloud.publisher import PublishError
 from emsbms.cloud.repository import ApiError, Version, add_profile, config_state, dumps, put_config, validate_profile
@@ -226,6 +226,7 @@ def create_app(service: Service) -> FastAPI:
             return config_state(conn, site)
 
     alarms_api.register(app, prefix, service, tenant, site_of)
+    overrides_api.register(app, prefix, service, tenant, site_of)
     live.register(app, prefix, service, tenant, site_of)
     web.mount(app)
     return app

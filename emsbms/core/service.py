@@ -8,6 +8,7 @@ address `core/overrides/<device>/<Channel>/Cancel` cancels an override instead.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -28,6 +29,8 @@ CANCEL_PREFIX = "core/overrides/"
 CANCEL_SUFFIX = "/Cancel"
 EVENT_CHANNEL = "core/Event"
 OVERRIDES_CHANNEL = "core/Overrides"
+OVERRIDE_LIST_CHANNEL = "core/OverrideList"
+"""The active overrides as JSON text (a list of `Override.as_dict()`), uplinked in telemetry for the cloud API."""
 
 
 def cancel_address(address: str) -> str:
@@ -50,12 +53,14 @@ class EdgeCore:
         edge.registry.declare([
             ChannelInfo(EVENT_CHANNEL, "", ChannelKind.STATE, "the last event of the core cycle or dispatcher"),
             ChannelInfo(OVERRIDES_CHANNEL, "", ChannelKind.STATE, "active manual overrides"),
+            ChannelInfo(OVERRIDE_LIST_CHANNEL, "", ChannelKind.STATE, "active manual overrides as JSON"),
         ])
         self.table = OverrideTable(db_path) if db_path is not None else None
         self.poll_s = poll_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll_loop, name="emsbms-core-overrides", daemon=True)
         self._count = -1
+        self._listed = ""
 
     @property
     def writer(self) -> EdgeCore:
@@ -103,6 +108,10 @@ class EdgeCore:
         if len(overrides) != self._count:
             self._count = len(overrides)
             self.edge.registry.apply([Sample(OVERRIDES_CHANNEL, len(overrides), time.time_ns() // 1000)])
+        listed = json.dumps([o.as_dict() for o in overrides], separators=(",", ":"))
+        if listed != self._listed:
+            self._listed = listed
+            self.edge.registry.apply([Sample(OVERRIDE_LIST_CHANNEL, listed, time.time_ns() // 1000)])
 
     def _poll_loop(self) -> None:
         while not self._stop.wait(self.poll_s):
