@@ -134,8 +134,9 @@ class AlarmEngine:
 
     def matches(self, pattern: str, values: Mapping[str, Reading]) -> list[str]:
         """The addresses of `values` a pattern matches (cached while the set of addresses is the same)."""
-        if len(values) != len(self._keys) or values.keys() != self._keys:
-            self._keys, self._matches = frozenset(values), {}
+        keys = values.keys()
+        if keys is not self._keys and (len(values) != len(self._keys) or keys != self._keys):
+            self._keys, self._matches = (keys if isinstance(keys, frozenset) else frozenset(values)), {}
         found = self._matches.get(pattern)
         if found is None:
             regex = pattern_regex(pattern)

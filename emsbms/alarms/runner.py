@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -44,6 +44,36 @@ def event_of(t: Transition) -> Event:
     """The event-log line of a transition."""
     severity = EventSeverity.OK if t.state is AlarmState.OK else EVENT_SEVERITY[t.severity]
     return Event(t.timestamp_us, t.device, EventKind.ALARM, severity, t.text)
+
+
+class Readings(Mapping[str, Reading]):
+    """The registry's current readings of the addresses the rules may read (not ``alarms/...``), without
+    copying them: `keys()` is one frozenset, kept until an address gets its first reading, so the
+    engine's pattern matches stay cached."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self._keys = frozenset(a for a in registry.snapshot() if not a.startswith("alarms/"))
+
+    def add(self, addresses: set[str]) -> None:
+        """Addresses that were updated: the new ones join the keys."""
+        if not addresses <= self._keys:
+            self._keys = self._keys | addresses
+
+    def keys(self) -> frozenset[str]:  # type: ignore[override]
+        return self._keys
+
+    def __getitem__(self, address: str) -> Reading:
+        r = self.registry.get(address)
+        if r is None or address not in self._keys:
+            raise KeyError(address)
+        return r
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
 
 
 class EdgeLike(Protocol):
@@ -81,6 +111,7 @@ class AlarmRunner:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._sub = edge.registry.subscribe("*", self._post)
+        self.readings = Readings(edge.registry)  # after subscribing: no first reading is missed
         self._thread = threading.Thread(target=self._loop, name="emsbms-alarms", daemon=True)
 
     def _build(self, rules: Sequence[Rule], kept: Sequence[AlarmStatus]) -> tuple[AlarmEngine, RuleIndex]:
@@ -124,6 +155,7 @@ class AlarmRunner:
                 changed.add(pop())
             except IndexError:
                 break
+        self.readings.add(changed)
         if self._full:
             self._full = False
             return None
@@ -145,13 +177,12 @@ class AlarmRunner:
             targets = self._targets()
             if targets is not None and not targets:
                 return []
-            snapshot = self.edge.registry.snapshot()
             comm: dict[str, CommState] = {}
             for d in self.edge.site.devices:
-                value = snapshot.value(f"{d.name}/CommState")
-                if isinstance(value, str) and value in CommState.__members__:
-                    comm[d.name] = CommState(value)
-            transitions = self.engine.evaluate(snapshot, comm, now_us, only=targets)
+                r = self.edge.registry.get(f"{d.name}/CommState")
+                if r is not None and isinstance(r.value, str) and r.value in CommState.__members__:
+                    comm[d.name] = CommState(r.value)
+            transitions = self.engine.evaluate(self.readings, comm, now_us, only=targets)
             self.cycles += 1
             self.stepped += len(self.engine.rules) if targets is None else len(targets)
             self._publish(transitions, now_us)
