@@ -50,7 +50,8 @@ export async function configPage(page, name) {
     const shape = await get(`${site(name)}/devices`);
     desired = shape.desired;
     const names = desired ? desired.devices.map((d) => d.name) : [];
-    device.replaceChildren(...names.map((n) => el("option", { value: n }, n)));
+    const keep = device.value;
+    device.replaceChildren(...names.map((n) => el("option", { value: n, selected: n === keep }, n)));
     fillFrom();
   }
   function fillFrom() {
@@ -99,8 +100,6 @@ export async function configPage(page, name) {
   await refresh();
   if (!desired) page.append(message("No desired configuration yet: the first one is PUT through the API."));
   const s = await get(`${site(name)}/config`);
-  if (s.desired_version !== null) {
-    syncState.textContent = `Version ${s.desired_version}: ${s.status || "pending"}${s.reason ? " — " + s.reason : ""}`;
-  }
+  if (s.desired_version !== null) watch(s.desired_version).catch((e) => { syncState.textContent = e.message; });
   return () => { stopped = true; };
 }
