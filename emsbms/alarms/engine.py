@@ -8,70 +8,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass, replace
-from enum import StrEnum
-from typing import Any
+from dataclasses import replace
 
+from emsbms.alarms.addresses import AlarmError as AlarmError
+from emsbms.alarms.addresses import ack_target as ack_target
+from emsbms.alarms.addresses import state_address as state_address
 from emsbms.alarms.expr import NO_DATA, NoData, pattern_regex
-from emsbms.alarms.rules import Rule, Severity
-from emsbms.errors import EmsbmsError
+from emsbms.alarms.rules import Rule
+from emsbms.alarms.status import AlarmState as AlarmState
+from emsbms.alarms.status import AlarmStatus as AlarmStatus
+from emsbms.alarms.status import Transition as Transition
 from emsbms.types import CommState, Quality, Reading
 
 SITE = "site"
-
-
-class AlarmError(EmsbmsError):
-    """An acknowledgement names no known alarm, or one with nothing to acknowledge."""
-
-
-class AlarmState(StrEnum):
-    OK = "ok"
-    PENDING = "pending"  # condition true, on-delay running
-    ACTIVE = "active"
-    CLEARING = "clearing"  # clear condition true, off-delay running
-    LATCHED = "latched"  # condition cleared, a latched alarm not yet acknowledged
-    NO_DATA = "no_data"  # an operand missing or not quality ok
-    INHIBITED = "inhibited"  # the device's CommState is LOST
-
-
-@dataclass(frozen=True, slots=True)
-class AlarmStatus:
-    """One instance: its state, since when (the on- or off-delay's start), the state it holds while
-    no_data or inhibited (active or ok), and the reported value at its last state change."""
-
-    rule: str
-    device: str
-    state: AlarmState
-    severity: Severity
-    acked: bool = False
-    since_us: int = 0
-    held: AlarmState = AlarmState.OK
-    value: float | None = None
-
-    @property
-    def id(self) -> str:
-        return f"{self.rule}/{self.device}"
-
-
-@dataclass(frozen=True, slots=True)
-class Transition:
-    """One state change or acknowledgement, as uplinked (`as_dict`) and logged (`text`)."""
-
-    id: str
-    rule: str
-    device: str
-    state: AlarmState
-    previous: AlarmState
-    severity: Severity
-    acked: bool
-    value: float | None
-    timestamp_us: int
-    text: str
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "rule": self.rule, "device": self.device, "state": self.state.value,
-                "previous": self.previous.value, "severity": self.severity.name, "acked": self.acked,
-                "value": self.value, "timestamp_us": self.timestamp_us, "text": self.text}
 
 
 def _number(reading: Reading | None) -> float | NoData:
@@ -291,19 +240,6 @@ class AlarmEngine:
                 what += f" for {rule.for_s:.1f} s"
         text = f"{rule.name}: {what}: {note + ', ' if note else ''}{s.state.value}"
         return Transition(s.id, s.rule, s.device, s.state, previous, rule.severity, s.acked, s.value, now, text)
-
-
-def state_address(rule: str, device: str) -> str:
-    """The instance's channel (kind STATE, the state's value): ``alarms/<rule>/<device>/State``."""
-    return f"alarms/{rule}/{device}/State"
-
-
-def ack_target(address: str) -> tuple[str, str]:
-    """(rule, device) of an acknowledgement command address ``alarms/<rule>/<device>/Ack``."""
-    parts = address.split("/")
-    if len(parts) != 4 or parts[0] != "alarms" or parts[3] != "Ack" or not parts[1] or not parts[2]:
-        raise AlarmError(f"expected an address alarms/<rule>/<device>/Ack, found {address!r}")
-    return parts[1], parts[2]
 
 
 def _hold(s: AlarmStatus, state: AlarmState, now: int) -> AlarmStatus:
