@@ -13,6 +13,12 @@ class BatteryModel:
 
     Call `step(dt)` to advance time. Simulators read the normalized channel values from
     `channels()` and apply commands through the `set_*` methods.
+
+    By default the current follows a slow sine load clamped by the current limits. With
+    `follow_commands` the pack takes the current it is commanded: its charge limit when that is
+    above 0, else minus its discharge limit (a converter per string, as the balancer assumes).
+    `time_scale` fast-forwards the SoC: each `step(dt)` integrates `dt * time_scale` seconds of
+    current (tests see SoC move in seconds instead of hours).
     """
 
     capacity_ah: float = 100.0
@@ -29,6 +35,8 @@ class BatteryModel:
     over_temperature: bool = False
     faults: set[str] = field(default_factory=set)
     seed: int = 0
+    follow_commands: bool = False
+    time_scale: float = 1.0
     _t: float = 0.0
     _rng: random.Random = field(default_factory=random.Random, repr=False)
 
@@ -53,12 +61,15 @@ class BatteryModel:
     def step(self, dt: float) -> None:
         """Advance the model by dt seconds."""
         self._t += dt
-        # a slow sine load profile, clamped to the limits
-        demand = 30.0 * math.sin(self._t / 20.0 + self.seed)
-        self.current = max(-self.discharge_max_current, min(self.charge_max_current, demand))
+        if self.follow_commands:
+            self.current = self.charge_max_current if self.charge_max_current > 0 else -self.discharge_max_current
+        else:  # a slow sine load profile, clamped to the limits
+            demand = 30.0 * math.sin(self._t / 20.0 + self.seed)
+            self.current = max(-self.discharge_max_current, min(self.charge_max_current, demand))
         if (self.soc >= 100.0 and self.current > 0) or (self.soc <= 0.0 and self.current < 0):
             self.current = 0.0
-        self.soc = max(0.0, min(100.0, self.soc + self.current * dt / 3600.0 / self.capacity_ah * 100.0))
+        charged = self.current * dt * self.time_scale / 3600.0
+        self.soc = max(0.0, min(100.0, self.soc + charged / self.capacity_ah * 100.0))
         target = 25.0 + abs(self.current) * 0.1 + (40.0 if self.over_temperature else 0.0)
         self.temperature += (target - self.temperature) * min(1.0, dt / 30.0)
         self.temperature += self._rng.uniform(-0.02, 0.02)
