@@ -37,14 +37,19 @@ ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-net
 ODD = "<script>window.pwned=1<script><img src=x onerror=window.pwned=2>"  # a channel name from a user profile
 LIMIT = 30_000  # ms a page may take to show what the stack already holds (a slow machine waits, never fails)
 
-playwright = pytest.importorskip("playwright.sync_api")
+try:
+    import playwright.sync_api as playwright
+except ImportError:  # the dev extra is not installed
+    playwright = None  # type: ignore[assignment]
 
 
 def require_chromium() -> None:
-    if not CHROMIUM.exists():
+    missing = ("/usr/bin/chromium (Debian package chromium)" if not CHROMIUM.exists()
+               else "the Python package playwright (the dev extra)" if playwright is None else None)
+    if missing is not None:
         if os.environ.get("EMSBMS_REQUIRE_CHROMIUM") == "1":
-            pytest.fail("EMSBMS_REQUIRE_CHROMIUM=1 but /usr/bin/chromium is missing (apt-get install chromium)")
-        pytest.skip("chromium is not installed (Debian package chromium)")
+            pytest.fail(f"EMSBMS_REQUIRE_CHROMIUM=1 but {missing} is missing")
+        pytest.skip(f"{missing} is missing")
 
 
 @pytest.fixture(scope="module")
