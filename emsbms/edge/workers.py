@@ -98,9 +98,12 @@ class GroupWorker:
 
     def wait_ready(self) -> None:
         """Return once the worker runs its buses (BusError if it cannot build them)."""
-        if not self._ready.wait(READY_S) or self.state is not WorkerState.RUNNING:
+        answered = self._ready.wait(READY_S)
+        if not answered or self.state is not WorkerState.RUNNING:
             self.stop()
-            raise BusError(f"worker {self.group}: did not start within {READY_S:g} s: {self._error or 'no answer'}")
+            why = self._error or "no answer"
+            raise BusError(f"worker {self.group}: " + (f"cannot start: {why}" if answered
+                                                       else f"did not start within {READY_S:g} s: {why}"))
 
     def _spawn(self) -> tuple[Any, Connection]:
         ctx = multiprocessing.get_context("spawn")
@@ -116,7 +119,18 @@ class GroupWorker:
         while not self._stopping.is_set():
             self._health(WorkerState.STARTING)
             began = time.monotonic()
-            self._process, conn = self._spawn()
+            try:
+                self._process, conn = self._spawn()
+            except Exception as e:  # e.g. a program without the `if __name__ == "__main__":` guard spawn needs
+                self._error = f"error: cannot start the process: {type(e).__name__}: {e}"
+                log.error("worker %s: %s", self.group, self._error)
+                self._process = None
+                self._health(WorkerState.DOWN)
+                self._ready.set()
+                if self._stopping.wait(backoff):
+                    break
+                backoff = min(backoff * 2, BACKOFF_MAX_S)
+                continue
             self.pid = self._process.pid
             with self._send_lock:
                 self._conn = conn
