@@ -187,3 +187,42 @@ def test_the_alarms_bench_quick_steps_every_instance_and_times_every_crossing() 
     assert (c.instances, c.samples) == (40 * 8 + 10, 3 * 8)
     lat = latency(rules=20, crossings=2)
     assert (lat.crossings, lat.raised) == (4, 4)
+
+
+def test_the_alarm_feed_queues_transitions_on_the_alarms_topic_with_its_own_seq(tmp_path: Path) -> None:
+    from emsbms.alarms import Severity as RuleSeverity
+    from emsbms.uplink.link import AlarmFeed
+    from emsbms.uplink.messages import Topics
+    from emsbms.uplink.outbox import Outbox
+
+    def t(state: AlarmState, previous: AlarmState, ts: int) -> Transition:
+        return Transition("hot/bms_0", "hot", "bms_0", state, previous, RuleSeverity.FAULT, False, 45.0, ts,
+                          f"hot: {state.value}")
+
+    with Outbox(tmp_path / "outbox.db") as outbox:
+        feed = AlarmFeed(Topics("acme", "plant-1"), 77, outbox, every=3600)
+        feed.post(t(AlarmState.PENDING, AlarmState.OK, 1))
+        feed.post(t(AlarmState.ACTIVE, AlarmState.PENDING, 2))
+        assert feed.flush(10) == 1
+        feed.post(t(AlarmState.OK, AlarmState.ACTIVE, 3))
+        feed.close()
+        rows = outbox.pending(10, 20)
+    assert [(r.topic, r.kind) for r in rows] == [("ems/acme/plant-1/alarms", "alarms")] * 2
+    docs = [json.loads(r.payload) for r in rows]
+    assert [(d["session"], d["seq"], d["historical"]) for d in docs] == [(77, 0, False), (77, 1, False)]
+    assert docs[0]["alarms"][1] == {"id": "hot/bms_0", "rule": "hot", "device": "bms_0", "state": "active",
+                                    "previous": "pending", "severity": "FAULT", "acked": False, "value": 45.0,
+                                    "timestamp_us": 2, "text": "hot: active"}
+    assert [a["state"] for a in docs[1]["alarms"]] == ["ok"]
+
+
+def test_a_profile_default_rule_is_applied_per_device() -> None:
+    from emsbms.alarms.sources import profile_rules
+
+    raw = [{"name": "over-temperature", "expression": "*/Temperature > 55", "clear_expression": "*/Temperature < 50",
+            "severity": "FAULT"}]
+    assert profile_rules(raw, "bms_3", "acme-hv") == [
+        {"name": "over-temperature-bms_3", "expression": "bms_3/Temperature > 55",
+         "clear_expression": "bms_3/Temperature < 50", "severity": "FAULT"}]
+    with pytest.raises(AlarmRuleError, match=r"^profile 'acme-hv' \(device bms_3\): rule 'x-bms_3': missing key "):
+        profile_rules([{"name": "x", "expression": "*/T > 1"}], "bms_3", "acme-hv")

@@ -10,6 +10,11 @@ disconnects. Command results and config statuses go through the outbox like tele
 recovery, alarms, bus states, command results) to `events`: the log's registry callbacks only append
 to its bounded inbox, and a writer thread drains it and puts one `events` message (its own `seq`
 stream) in the outbox per batch.
+
+`AlarmFeed` sends the alarm runner's transitions (`emsbms.alarms.runner.AlarmRunner`, started by
+`emsbms run` and attached with `attach_alarms`) to `alarms`, its own `seq` stream; their events go to
+`events` with the log's; acknowledgement commands (``alarms/<rule>/<device>/Ack``) go to the runner,
+and a configuration's `rules` to its `replace_rules`.
 """
 
 from __future__ import annotations
