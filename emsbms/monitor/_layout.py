@@ -15,6 +15,7 @@ from rich.text import Text
 from emsbms.edge.events import Event
 from emsbms.monitor._alarms import alarm_pane, alarm_rows
 from emsbms.monitor._channels import CellPlan, cell_count, channel_cells, choose_columns, flow, longest_name
+from emsbms.monitor._core import core_pane
 from emsbms.monitor._details import details_page
 from emsbms.monitor._frames import frames_page
 from emsbms.monitor._history import History
@@ -77,6 +78,7 @@ def render_scene(scene: Scene, width: int, height: int, filters: Filters, title:
         return _group(lines, width, height)
     uplink = uplink_pane(view, width)  # between the panes and the channel table, when there is an uplink
     uplink = [*uplink, *alarm_pane(alarm_rows(scene.snapshot), scene.now_us, width)]  # rule alarms not ok
+    uplink = [*uplink, *core_pane(scene.snapshot, scene.now_us, width)]  # the core cycle and its overrides
     body -= len(uplink)
     pane_rows = max(1, min(max(len(view.buses), len(view.devices), 1), max(2, body // 3)))
     event_rows = max(2, min(12, height // 7))

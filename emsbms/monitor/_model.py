@@ -17,6 +17,9 @@ BUS_MARKER = "RxFrames"
 UPLINK_PREFIX = "uplink"
 """The uplink's counters (``uplink/State``, ``uplink/Queued``...): the uplink pane, not a device."""
 
+CORE_PREFIX = "core"
+"""The core cycle's channels (``core/CycleTime``, ``core/OverrideList``...): the core pane, not a device."""
+
 DEVICE_PANE_CHANNELS = ("CommState", "LastSeen")
 """Shown in the device pane, so left out of the channel table."""
 
@@ -159,6 +162,7 @@ def classify(scene: Scene, filters: Filters) -> View:
         prefix, _, name = address.partition("/")
         prefixes.setdefault(prefix, []).append((name, reading))
     uplink = dict(prefixes.pop(UPLINK_PREFIX, []))
+    prefixes.pop(CORE_PREFIX, None)  # the core pane's (emsbms/monitor/_core.py), not a device
     buses = sorted(p for p, rows in prefixes.items() if any(n == BUS_MARKER for n, _ in rows))
     bus_of = {name: meta.bus for name, meta in scene.devices.items()}
     devices = sorted((p for p in prefixes if p not in buses and filters.device(p)),
