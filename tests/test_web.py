@@ -238,12 +238,15 @@ def test_the_plot_draws_the_series_with_upplot(strict_page: Any, stack: Stack) -
 
 
 class FakeEdge(Watcher):
-    """A test client acting as site plant-2's edge for alarms: it acks `alarms/.../Ack` commands."""
+    """A test client acting as site plant-2's edge for alarms and overrides: it acks `alarms/.../Ack` commands and
+    cancels overrides (`core/overrides/<address>/Cancel`), reporting them in `core/OverrideList`."""
 
     def __init__(self, stack: Stack, login: dict[str, str]) -> None:
         self.session = time.time_ns() // 1000
         self.seq = 0
         self.acked = threading.Event()
+        self.telemetry_seq = 0
+        self.overrides: list[dict[str, Any]] = []
         super().__init__(stack.broker, BrokerUser(login["username"], login["password"], ()), ["ems/acme/plant-2/cmd"])
 
     def alarm(self, acked: bool) -> None:
@@ -256,9 +259,25 @@ class FakeEdge(Watcher):
             {"historical": False, "session": self.session, "seq": self.seq, "timestamp_us": now,
              "alarms": [entry]}), qos=1)
 
+    def report(self) -> None:
+        self.telemetry_seq += 1
+        now = time.time_ns() // 1000
+        sample = {"address": "core/OverrideList", "value": json.dumps(self.overrides), "timestamp_us": now,
+                  "quality": "ok"}
+        self.client.publish("ems/acme/plant-2/telemetry", json.dumps(
+            {"historical": False, "session": self.session, "seq": self.telemetry_seq, "timestamp_us": now,
+             "refresh": False, "samples": [sample]}), qos=1)
+
     def _message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
         super()._message(client, userdata, message)
         cmd = json.loads(message.payload)
+        if cmd.get("address", "").startswith("core/overrides/"):
+            target = cmd["address"].removeprefix("core/overrides/").removesuffix("/Cancel")
+            self.overrides = [o for o in self.overrides if o["address"] != target]
+            self.report()
+            client.publish("ems/acme/plant-2/cmd/result", json.dumps(
+                {"id": cmd["id"], "status": "acked", "detail": f"override of {target} cancelled", "took_us": 120,
+                 "address": cmd["address"], "value": cmd["value"]}), qos=1)
         if cmd.get("address") == "alarms/hot/pack_2/Ack":
             self.alarm(acked=True)
             client.publish("ems/acme/plant-2/cmd/result", json.dumps(
@@ -267,7 +286,7 @@ class FakeEdge(Watcher):
             self.acked.set()
 
 
-def test_an_alarm_is_acknowledged(page: Any, stack: Stack) -> None:
+def test_an_alarm_is_acknowledged_and_an_override_cancelled(page: Any, stack: Stack) -> None:
     r = stack.http.post("/acme/sites", headers=stack.auth(), json={"site": "plant-2"})
     assert r.status_code == 200, r.text
     edge = FakeEdge(stack, r.json())  # with the site's own edge credentials
@@ -296,6 +315,24 @@ def test_an_alarm_is_acknowledged(page: Any, stack: Stack) -> None:
         page.wait_for_function("document.querySelector('tr[data-alarm=\"hot/pack_2\"] td:nth-child(5)')"
                                ".textContent === 'yes'")
         assert page.get_by_role("button", name="Acknowledge hot/pack_2").count() == 0
+
+        # an override the edge reports, cancelled from the Commands page
+        expires = time.time_ns() // 1000 + 600_000_000
+        edge.overrides = [{"address": "pack_2/SetChargeCurrent", "value": 40.0, "expires_us": expires,
+                           "source": "cloud"}]
+        edge.report()
+        assert wait(lambda: len(stack.get("/sites/plant-2/overrides")["overrides"]) == 1, 30)
+        page.goto(stack.url + "/#/commands/plant-2")
+        held = page.locator('tr[data-override="pack_2/SetChargeCurrent"]')
+        held.wait_for()
+        assert held.locator("td").all_text_contents()[:2] == ["40", "cloud"]
+        shot(page, "overrides")
+        page.get_by_role("button", name="Cancel the override of pack_2/SetChargeCurrent").click()
+        page.locator("#override-result", has_text="Cancel pack_2/SetChargeCurrent: acked").wait_for()
+        assert page.locator("#override-result").text_content() == (
+            "Cancel pack_2/SetChargeCurrent: acked — override of pack_2/SetChargeCurrent cancelled")
+        page.locator("#overrides", has_text="No active overrides.").wait_for()
+        assert edge.overrides == []
     finally:
         edge.close()
 

@@ -1,6 +1,6 @@
 // Commands: a form over the device's command channels with the profile's unit and limits; each result shown.
-import { get, post, site } from "./api.js";
-import { clear, el, message, number, table } from "./dom.js";
+import { call, get, post, site } from "./api.js";
+import { clear, el, message, number, table, time } from "./dom.js";
 
 function limits(info) {
   const low = info.min === null || info.min === undefined ? null : number(info.min);
@@ -10,11 +10,48 @@ function limits(info) {
   return `${low ?? "−∞"} … ${high ?? "∞"}${unit}`;
 }
 
+// The site's active overrides (as its edge reports them) with a Cancel button each; refreshed every 5 s.
+async function overridesSection(page, name) {
+  const overrides = el("div", { id: "overrides" });
+  const cancelResult = el("p", { id: "override-result", role: "status" });
+  async function listOverrides() {
+    let data;
+    try { data = await get(`${site(name)}/overrides`); } catch (e) {
+      overrides.replaceChildren(message(e.missing ? "Overrides are not available: this server has no"
+        + " GET /sites/{site}/overrides." : e.message, e.missing ? "note" : "error"));
+      return;
+    }
+    const rows = data.overrides.map((o) => el("tr", { "data-override": o.address },
+      el("th", { scope: "row" }, o.address), el("td", {}, number(o.value)), el("td", {}, o.source || ""),
+      el("td", {}, `${time(o.expires_us)} (in ${Math.max(0, Math.round(o.expires_us / 1e6 - Date.now() / 1000))} s)`),
+      el("td", {}, el("button", { type: "button", "aria-label": `Cancel the override of ${o.address}`,
+                                  onclick: (ev) => cancel(ev.currentTarget, o.address) }, "Cancel"))));
+    overrides.replaceChildren(rows.length
+      ? table("Active overrides", ["Address", "Value", "Source", "Expires", ""], rows)
+      : message("No active overrides."));
+  }
+  async function cancel(button, address) {
+    button.disabled = true;
+    try {
+      const r = await call("DELETE", `${site(name)}/overrides/${address.split("/").map(encodeURIComponent).join("/")}`);
+      cancelResult.textContent = `Cancel ${address}: ${r.status}${r.detail ? " — " + r.detail : ""}`;
+    } catch (e) { cancelResult.textContent = `Cancel ${address}: ${e.message}`; }
+    await listOverrides();
+  }
+  page.append(el("h3", {}, "Active overrides"), cancelResult, overrides);
+  await listOverrides();
+  const timer = setInterval(() => { if (!overrides.contains(document.activeElement)) listOverrides(); }, 5000);
+  return { refresh: listOverrides, stop: () => clearInterval(timer) };
+}
+
 export async function commandsPage(page, name) {
   page.append(el("h2", {}, `Commands · ${name}`));
   const shape = await get(`${site(name)}/devices`);
   const commands = Object.entries(shape.channels).filter(([, c]) => c.kind === "command");
-  if (!commands.length) { page.append(message("No command channels known for this site yet.")); return null; }
+  if (!commands.length) {
+    page.append(message("No command channels known for this site yet."));
+    return (await overridesSection(page, name)).stop;
+  }
   const devices = [...new Set(commands.map(([a]) => a.split("/")[0]))].sort();
   const device = el("select", { id: "cmd-device" }, devices.map((d) => el("option", { value: d }, d)));
   const channel = el("select", { id: "cmd-channel" });
@@ -24,6 +61,7 @@ export async function commandsPage(page, name) {
   const about = el("p", { id: "cmd-limits", class: "limits" });
   const submit = el("button", { type: "submit" }, "Send");
   const results = el("tbody", { id: "cmd-results" });
+  let section = null;
 
   function fill() {
     clear(channel).append(...commands.filter(([a]) => a.startsWith(`${device.value}/`))
@@ -59,7 +97,7 @@ export async function commandsPage(page, name) {
       status.textContent = "refused";
       status.className = "cmd-status bad";
       detail.textContent = e.message;
-    } finally { submit.disabled = false; }
+    } finally { submit.disabled = false; if (section) section.refresh(); }
   }
   device.addEventListener("change", fill);
   channel.addEventListener("change", describe);
@@ -71,5 +109,6 @@ export async function commandsPage(page, name) {
     el("label", { for: "cmd-timeout" }, "Timeout (s)"), timeout, submit),
     message("The edge checks every command against the profile again; a refused command is not sent to the BMS."),
     table("Results (this tab)", ["Address", "Value", "Result", "Reason", "Round trip"], results));
-  return null;
+  section = await overridesSection(page, name);
+  return section.stop;
 }
