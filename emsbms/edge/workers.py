@@ -165,8 +165,9 @@ class GroupWorker:
             except (EOFError, OSError):
                 return
             kind = message[0]
-            if kind == "up":  # one update of the worker's registry, applied as one here
-                apply(samples_of(message), message[2])
+            if kind == "up":  # the worker's registry updates, applied in their order
+                for part in message[1]:
+                    apply(samples_of(part), part[1])
             elif kind == "result":
                 self._resolve(message[1:])
             elif kind == "info":
