@@ -6,6 +6,10 @@ available gets one device on its own bus, with the addressing keys the profile s
 a separate bus, to show that devices are kept apart by their bus. A `Scenario` then injects
 faults and writes commands every so often, so the monitor's event log shows EMCY, DM1, comm
 loss and recovery, and acked and rejected commands.
+
+The demo site runs the EMS core too (`demo_controllers`): site-limits, limit-enforcement and
+soc-balance over the 16-cell strings with a charge command (acme_hv, acme_lv_bytemap, cia418_bms), so the
+monitor shows the virtual device `ess0` and, while the scenario's writes hold, their overrides.
 """
 
 from __future__ import annotations
@@ -35,6 +39,11 @@ ADDRESSING_KEYS = ("id_offset", "node_id", "source_address", "j1939_name", "nmt_
 """Keys a profile's ``options.demo_device`` may set on its demo device."""
 
 INT_KEYS = ("id_offset", "node_id", "source_address", "j1939_name")
+
+DEMO_STRINGS = ("acme_hv", "acme_lv_bytemap", "cia418_bms")  # the 16-cell packs with a SetChargeCurrent
+DEMO_CAPACITY_AH = {"acme_lv_bytemap": 100.0}  # its profile has no Capacity channel: the simulator's capacity
+DEMO_CURRENT_A = 60.0  # the site current (charging) soc-balance splits
+DEMO_OVERRIDE_S = 30.0  # how long a scenario write overrides the balancer (the default is 15 minutes)
 
 MULTICAST_GROUP = "239.74.163.2"
 MULTICAST_BASE_PORT = 43300
@@ -85,8 +94,9 @@ def _addressing(profile: Profile) -> dict[str, Any]:
 
 
 def demo_tables(profiles: list[Profile], interface: str = "virtual", tag: str | None = None,
-                base_port: int = MULTICAST_BASE_PORT) -> dict[str, Any]:
-    """The demo site as a site document (the tables of a site TOML file).
+                base_port: int = MULTICAST_BASE_PORT, controllers: bool = False) -> dict[str, Any]:
+    """The demo site as a site document (the tables of a site TOML file); with `controllers`, the
+    core's [[controller]] tables too (`demo_controllers`).
 
     `interface` "virtual" gives unique in-process channels (tagged with `tag`); "udp_multicast"
     gives one group with a port per bus, for a simulator and an edge in separate processes.
@@ -107,12 +117,29 @@ def demo_tables(profiles: list[Profile], interface: str = "virtual", tag: str | 
             bus["channel"] = f"emsbms-demo-{tag}-can{i}"
         buses.append(bus)
         devices.append({"name": name, "bus": bus["name"], "profile": profile.name, **_addressing(profile)})
-    return {"site": {"org": "emsbms", "name": "demo"}, "bus": buses, "device": devices}
+    tables: dict[str, Any] = {"site": {"org": "emsbms", "name": "demo"}, "bus": buses, "device": devices}
+    if controllers and (tables_of := demo_controllers([d["name"] for d in devices])):
+        tables["controller"] = tables_of
+    return tables
+
+
+def demo_controllers(devices: list[str]) -> list[dict[str, Any]]:
+    """The demo's [[controller]] tables over those of `DEMO_STRINGS` among `devices`; none without a string."""
+    strings = [d for d in DEMO_STRINGS if d in devices]
+    if not strings:
+        return []
+    capacity = {d: c for d, c in DEMO_CAPACITY_AH.items() if d in strings}
+    sized: dict[str, Any] = {"capacity_ah": capacity} if capacity else {}
+    return [
+        {"name": "site", "type": "site-limits", "strings": strings, **sized},
+        {"name": "limits", "type": "limit-enforcement", "strings": strings},
+        {"name": "balance", "type": "soc-balance", "strings": strings, "current_a": DEMO_CURRENT_A, **sized},
+    ]
 
 
 def demo_site(interface: str = "virtual", tag: str | None = None) -> Site:
     """The demo site, validated, on `interface` buses."""
-    return parse_site(demo_tables(available_profiles(), interface, tag), "<demo site>")
+    return parse_site(demo_tables(available_profiles(), interface, tag, controllers=True), "<demo site>")
 
 
 def start_simulations(site: Site) -> tuple[list[Simulation], Site]:
@@ -127,7 +154,10 @@ def start_simulations(site: Site) -> tuple[list[Simulation], Site]:
         except Exception as e:
             log.warning("demo: skipping %s: its simulator did not start: %s", device.name, e)
     buses = {d.bus for d in kept}
-    return running, replace(site, devices=kept, buses=[b for b in site.buses if b.name in buses])
+    kept_site = replace(site, devices=kept, buses=[b for b in site.buses if b.name in buses])
+    if site.controllers:  # the demo's controllers over the devices kept
+        kept_site = replace(kept_site, controllers=demo_controllers([d.name for d in kept]))
+    return running, kept_site
 
 
 def stop_simulations(running: list[Simulation]) -> None:
@@ -154,10 +184,10 @@ def _toml_value(value: Any) -> str:
 
 
 def site_toml(tables: dict[str, Any]) -> str:
-    """A site document as TOML text ([site], [[bus]], [[device]])."""
+    """A site document as TOML text ([site], [[bus]], [[device]], [[controller]])."""
     lines = ["# emsbms demo site: run `emsbms --site FILE simulate` and `emsbms --site FILE monitor`", "[site]"]
     lines += [f"{k} = {_toml_value(v)}" for k, v in tables.get("site", {}).items()]
-    for kind in ("bus", "device"):
+    for kind in ("bus", "device", "controller"):
         for table in tables.get(kind, []):
             lines += ["", f"[[{kind}]]"]
             lines += [f"{k} = {_toml_value(v)}" for k, v in table.items()]
@@ -167,7 +197,7 @@ def site_toml(tables: dict[str, Any]) -> str:
 def write_demo_site(path: str | Path, interface: str = "udp_multicast") -> Path:
     """Write the demo site as a TOML file (udp_multicast by default, so processes can share it)."""
     out = Path(path)
-    tables = demo_tables(available_profiles(), interface)
+    tables = demo_tables(available_profiles(), interface, controllers=True)
     parse_site(tables, str(out))  # validate before writing
     out.write_text(site_toml(tables), encoding="utf-8")
     return out
@@ -203,9 +233,10 @@ class Step:
 SCENARIO = (
     Step(3, "cia418_bms", Action.INJECT, "emcy"),  # EMCY 0x5000, Alarm/Emcy
     Step(4, "j1939_hvess", Action.INJECT, "dtc2"),  # DM1 by BAM: two warning DTCs, amber lamp
-    Step(5, "acme_hv", Action.WRITE, "SetChargeCurrent", 40),  # acked by its echo
+    Step(5, "acme_hv", Action.WRITE, "SetChargeCurrent", 40),  # acked by its echo; overrides the balancer 30 s
     Step(6, "pylon_lv_2", Action.INJECT, "silent"),  # LOST after its 5 s timeout
-    Step(8, "acme_lv_bytemap", Action.WRITE, "SetChargeCurrent", 150),  # above its 100 A maximum: rejected
+    # above its 100 A maximum: rejected by the edge; with the core, limit-enforcement first clamps it to its CCL
+    Step(8, "acme_lv_bytemap", Action.WRITE, "SetChargeCurrent", 150),
     Step(10, "j1939_hvess", Action.WRITE, "ResetFaults", 1),  # DM11: acked, DM1 clears
     Step(12, "cia418_bms", Action.CLEAR, "emcy"),  # EMCY 0x0000: cleared
     Step(15, "pylon_lv_2", Action.CLEAR, "silent"),  # recovered

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console, RenderableType
@@ -17,6 +17,7 @@ from rich.live import Live
 from rich.logging import RichHandler
 
 from emsbms.cli.common import Duration, handle_errors, state, stop_signals
+from emsbms.cli.run import core_events_to, start_core
 from emsbms.edge import Edge
 from emsbms.edge.dispatch import now_us
 from emsbms.edge.events import Event, EventLog, EventLogHandler
@@ -26,6 +27,9 @@ from emsbms.errors import ConfigError
 from emsbms.monitor import DeviceMeta, Filters, FrameRow, History, Show, render
 from emsbms.monitor._keys import Controls, KeyReader, Pager
 from emsbms.site import Site
+
+if TYPE_CHECKING:
+    from emsbms.core.service import EdgeCore
 
 log = logging.getLogger(__name__)
 
@@ -228,32 +232,46 @@ def command(
     filters = make_filters(site, list(device or []), list(bus or []))
     edge = Edge(site)
     events = watch(edge)
-    with uplink_of(edge, state(ctx).db), edge:
-        show(edge, duration, filters, f"emsbms monitor · {site.name}", events=events)
+    with uplink_of(edge, state(ctx).db, events) as core, edge:
+        if core is not None:
+            core.start()
+        try:
+            show(edge, duration, filters, f"emsbms monitor · {site.name}", events=events)
+        finally:
+            if core is not None:
+                core.stop()  # before the edge stops: a write may be on its way
 
 
 @contextmanager
-def uplink_of(edge: Edge, db: Path) -> Iterator[None]:
-    """The site's [uplink], run by the monitor (its pane shows uplink/*) when no other edge holds `db`.
+def uplink_of(edge: Edge, db: Path, events: EventLog | None = None) -> Iterator[EdgeCore | None]:
+    """The site's [uplink] and core, run by the monitor when no other edge holds `db`: the uplink's pane
+    shows uplink/*; for a site with [[controller]] tables it yields the core (not started: the caller starts
+    it once the edge runs, and stops it), whose events go to `events` and which takes the cloud's commands.
 
-    An `emsbms run` on the same database owns the uplink (one MQTT session per site): the monitor
-    then watches the buses only, and says so.
+    An `emsbms run` on the same database owns both (one MQTT session per site, one writer per device):
+    the monitor then watches the buses only, and says so.
     """
-    if edge.site.uplink is None:
-        yield
+    if edge.site.uplink is None and not edge.site.controllers:
+        yield None
         return
     try:
         lock = EdgeLock.acquire(db)
     except ConfigError as e:
-        log.warning("monitor: no uplink from here: %s", e)
-        yield
+        log.warning("monitor: no uplink or core from here: %s", e)
+        yield None
         return
-    from emsbms.uplink.link import EdgeUplink  # paho-mqtt is loaded only for a site with an [uplink]
-
-    link = EdgeUplink(edge, edge.site.uplink, db)
+    link = None
     try:
-        link.start()
-        yield
+        core = start_core(edge, db)
+        if core is not None and events is not None:
+            core_events_to(core, events)
+        if edge.site.uplink is not None:
+            from emsbms.uplink.link import EdgeUplink  # paho-mqtt is loaded only for a site with an [uplink]
+
+            link = EdgeUplink(edge, edge.site.uplink, db, writer=None if core is None else core.writer)
+            link.start()
+        yield core
     finally:
-        link.close()
+        if link is not None:
+            link.close()
         lock.release()
