@@ -25,10 +25,11 @@ from rich.console import Console
 from rich.table import Table
 
 from emsbms.bench import alarms, cloud, commands, decode, devices, e2e, groups, startup, uplink_scenarios
+from emsbms.bench import core as core_bench
 from emsbms.bench.measure import cores
 
 SCENARIOS = ("decode", "capacity", "e2e", "udp", "groups", "devices", "commands", "startup", "uplink-commands",
-             "uplink-config", "uplink-telemetry", "cloud-ingest", "cloud-api", "cloud-fleet", "alarms")
+             "uplink-config", "uplink-telemetry", "cloud-ingest", "cloud-api", "cloud-fleet", "alarms", "core")
 
 
 class _CountingHandler(logging.Handler):
@@ -166,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         "cloud-fleet": ("Cloud: a fleet of light edges into emsbms cloud serve", lambda: cloud.fleet(q, d)),
         "alarms": ("Alarms: rule cost per sample vs the registry's update; frame → event latency",
                    lambda: alarms.rows(q)),
+        "core": ("Core: cycle CPU time, three controllers, vs the registry snapshot alone", lambda: core_bench.rows(q)),
     }
     doc: dict[str, Any] = {
         "cores": cores(), "python": platform.python_version(), "platform": platform.platform(),
