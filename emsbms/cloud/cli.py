@@ -130,3 +130,19 @@ def serve_command(
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     serve(database, broker, listen)
+
+
+@app.command("demo")
+@cloud_errors
+def demo_command(
+    listen: Annotated[str, typer.Option("--listen", metavar="HOST:PORT", help="the dashboard's and API's address")]
+    = "127.0.0.1:8080",
+    as_json: Annotated[bool, typer.Option("--json", help='print {"url", "token", "org", "site", "folder", "pids"}'
+                                          " as one line")] = False,
+) -> None:
+    """PostgreSQL, Mosquitto, the service, an organisation and a simulated site's edge on loopback, until Ctrl-C."""
+    from emsbms.cloud.demo import run_demo
+
+    code = run_demo(listen, as_json)
+    if code:
+        raise typer.Exit(code)

@@ -34,7 +34,10 @@ class PgServerError(EmsbmsError):
 
 
 def postgres_path() -> Path | None:
-    """The folder of the newest PostgreSQL's binaries (/usr/lib/postgresql/*/bin), or None."""
+    """The folder of PostgreSQL's binaries: $EMSBMS_POSTGRES_BIN when set, else the newest
+    /usr/lib/postgresql/*/bin; None without initdb there."""
+    if override := os.environ.get("EMSBMS_POSTGRES_BIN"):
+        return Path(override) if (Path(override) / "initdb").is_file() else None
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[-3]))
     return Path(found[-1]).parent if found else None
 

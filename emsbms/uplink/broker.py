@@ -38,7 +38,9 @@ class BrokerUser:
 
 
 def mosquitto_path() -> str | None:
-    """The `mosquitto` executable (Debian puts it in /usr/sbin), or None."""
+    """The `mosquitto` executable: $EMSBMS_MOSQUITTO when set, else on PATH or in /usr/sbin (Debian), or None."""
+    if override := os.environ.get("EMSBMS_MOSQUITTO"):
+        return override if os.path.isfile(override) and os.access(override, os.X_OK) else None
     return shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
 
 
