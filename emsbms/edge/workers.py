@@ -31,7 +31,8 @@ from emsbms.types import ChannelInfo, ChannelKind, CommandResult, CommandStatus,
 
 log = logging.getLogger(__name__)
 
-READY_S = 60.0
+READY_S = 300.0
+"""How long start() waits for a worker: a failing one answers at once; this bounds a hung one (TCG needs minutes)."""
 BACKOFF_MAX_S = 30.0
 STABLE_S = 60.0
 
