@@ -8,7 +8,7 @@ faults and writes commands every so often, so the monitor's event log shows EMCY
 loss and recovery, and acked and rejected commands.
 
 The demo site runs the EMS core too (`demo_controllers`): site-limits, limit-enforcement and
-soc-balance over the 16-cell strings with a charge command (acme_hv, acme_lv_bytemap, cia418_bms), so the
+soc-balance over its two 48 V strings with a charge command (acme_lv_bytemap, cia418_bms), so the
 monitor shows the virtual device `ess0` and, while the scenario's writes hold, their overrides.
 """
 
@@ -40,7 +40,7 @@ ADDRESSING_KEYS = ("id_offset", "node_id", "source_address", "j1939_name", "nmt_
 
 INT_KEYS = ("id_offset", "node_id", "source_address", "j1939_name")
 
-DEMO_STRINGS = ("acme_hv", "acme_lv_bytemap", "cia418_bms")  # the 16-cell packs with a SetChargeCurrent
+DEMO_STRINGS = ("acme_lv_bytemap", "cia418_bms")  # the 48 V packs with a SetChargeCurrent (acme_hv is 300 V)
 DEMO_CAPACITY_AH = {"acme_lv_bytemap": 100.0}  # its profile has no Capacity channel: the simulator's capacity
 DEMO_CURRENT_A = 60.0  # the site current (charging) soc-balance splits
 DEMO_OVERRIDE_S = 30.0  # how long a scenario write overrides the balancer (the default is 15 minutes)

@@ -96,10 +96,10 @@ def test_the_demo_runs_the_core_over_its_strings_and_the_frame_shows_ess0_and_an
         with edge:
             core.start()
             try:
-                assert wait(lambda: edge.snapshot().value("ess0/Strings") == 3, 30)
-                result = core.local_write("acme_hv/SetChargeCurrent", 20.0, timeout=10)
+                assert wait(lambda: edge.snapshot().value("ess0/Strings") == 2, 30)
+                result = core.local_write("cia418_bms/SetChargeCurrent", 20.0, timeout=10)
                 assert result.status is CommandStatus.ACKED, result
-                assert wait(lambda: "acme_hv/SetChargeCurrent" in str(edge.snapshot().value(LIST)), 10)
+                assert wait(lambda: "cia418_bms/SetChargeCurrent" in str(edge.snapshot().value(LIST)), 10)
                 snap = edge.snapshot()
                 frame = text_of(render(snap, snap.taken_us, 120, 40), 120, 40)
                 lines = [line.rstrip() for line in frame.splitlines()]
@@ -108,11 +108,11 @@ def test_the_demo_runs_the_core_over_its_strings_and_the_frame_shows_ess0_and_an
     finally:
         demo.stop_simulations(simulations)
     assert any(line.startswith("Overrides (1)") for line in lines), lines
-    assert any(line.split()[:2] == ["acme_hv/SetChargeCurrent", "20"] and line.split()[3] == "local"
+    assert any(line.split()[:2] == ["cia418_bms/SetChargeCurrent", "20"] and line.split()[3] == "local"
                for line in lines), lines
     assert any(line.split()[:3] == ["ess0", "—", "—"] for line in lines), lines
     events.drain()
-    assert any("override of acme_hv/SetChargeCurrent = 20" in e.text for e in events.events())
+    assert any("override of cia418_bms/SetChargeCurrent = 20" in e.text for e in events.events())
 
 
 def test_the_monitor_starts_the_core_unless_another_edge_holds_the_database(tmp_path: Path) -> None:
