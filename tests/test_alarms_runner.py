@@ -151,7 +151,8 @@ def test_the_index_maps_a_channel_to_the_instances_it_can_move() -> None:
     assert index.targets(["bms_3/Soc", "bms_4/Temperature"]) == {"spread": None, "hot": {"bms_4"}}
     assert index.targets(["bms_9/Voltage"]) == {"lit": None}
     assert index.targets(["bms_3/Current"]) == {}
-    assert index.targets(["bms_3/CommState"]) is None  # comm changes step everything
+    # a device's comm: its instance of the per-device rules, every instance of the others
+    assert index.targets(["bms_3/CommState"]) == {"hot": {"bms_3"}, "spread": None, "lit": None}
 
 
 def test_the_cloud_configs_rules_are_checked_whole_stored_and_handed_to_the_runner(tmp_path: Path) -> None:

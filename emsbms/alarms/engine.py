@@ -42,7 +42,7 @@ class _Context:
     def aggregate(self, name: str, pattern: str) -> float | NoData:
         found = [v for a in self.engine.matches(pattern, self.values)
                  if self.comm.get(a.split("/", 1)[0]) is not CommState.LOST
-                 and not isinstance(v := _number(self.values[a]), NoData)]
+                 and not isinstance(v := _number(self.values.get(a)), NoData)]
         if name == "count":
             return float(len(found))
         if not found:

@@ -3,7 +3,8 @@ steps only those (and the ones whose delay runs) instead of every instance on ev
 
 Pure: no I/O. A per-device use of ``*/X`` (outside aggregates, or in ``rate(*/X)``) maps the
 address ``dev/X`` to (rule, "dev"); any other use (an aggregate, a literal address) maps it to
-(rule, None): every instance of the rule. A device's ``CommState`` maps to every rule (None).
+(rule, None): every instance of the rule. A device's ``CommState`` maps to that device's instance of
+every per-device rule and to every instance of the rules with an aggregate or a literal address.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ class RuleIndex:
                         a in substituted or a in expression.rated)
                     self._add(a.pattern, rule.name, per)
         self._regex = [(pattern_regex(p), r, per) for p, r, per in self._other]
+        uses = [*self._exact.values(), *self._tail.values(), [(r, per) for _, r, per in self._other]]
+        self._comm = tuple(dict.fromkeys((r, per) for use in uses for r, per in use))  # what a CommState moves
         self._cache: dict[str, tuple[tuple[str, str | None], ...]] = {}
 
     def _add(self, pattern: str, rule: str, per: bool) -> None:
@@ -52,17 +55,18 @@ class RuleIndex:
         if found is not None:
             return found
         device, _, rest = address.partition("/")
+        if rest == "CommState":
+            found = self._cache[address] = tuple(dict.fromkeys((r, device if per else None) for r, per in self._comm))
+            return found
         hits: list[tuple[str, bool]] = [*self._exact.get(address, ()), *self._tail.get(rest, ())]
         hits += [(r, per) for regex, r, per in self._regex if regex.match(address)]
         found = self._cache[address] = tuple(dict.fromkeys((r, device if per else None) for r, per in hits))
         return found
 
-    def targets(self, addresses: Iterable[str]) -> Targets | None:
-        """What the changed `addresses` can move; None when everything must be stepped (a CommState)."""
+    def targets(self, addresses: Iterable[str]) -> Targets:
+        """What the changed `addresses` can move."""
         out: Targets = {}
         for address in addresses:
-            if address.endswith("/CommState") and address.count("/") == 1:
-                return None
             for rule, device in self.lookup(address):
                 if device is None:
                     out[rule] = None

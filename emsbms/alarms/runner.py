@@ -160,8 +160,6 @@ class AlarmRunner:
             self._full = False
             return None
         targets = self.index.targets(changed)
-        if targets is None:
-            return None
         for rule, devices in self.engine.timed.items():
             if rule not in targets:
                 targets[rule] = devices
