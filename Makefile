@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint bench schema clean vm-prepare
+.PHONY: demo cloud-demo test lint bench schema clean vm-prepare
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,6 +14,10 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/emsbms demo
+
+# the cloud on loopback: PostgreSQL, Mosquitto, the service and a simulated edge (docs/cli.md#emsbms-cloud-demo)
+cloud-demo: $(STAMP)
+	$(BIN)/emsbms cloud demo
 
 test: $(STAMP)
 	$(BIN)/ruff check emsbms tests
