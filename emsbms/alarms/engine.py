@@ -21,6 +21,8 @@ from emsbms.alarms.status import Transition as Transition
 from emsbms.types import CommState, Quality, Reading
 
 SITE = "site"
+_HOLDING = frozenset({AlarmState.NO_DATA, AlarmState.INHIBITED})  # states that hold the one before
+_TIMED = frozenset({AlarmState.PENDING, AlarmState.CLEARING})  # states whose delay runs
 
 
 def _number(reading: Reading | None) -> float | NoData:
@@ -135,7 +137,7 @@ class AlarmEngine:
         return len(self._instances)
 
     def _time(self, key: tuple[str, str], state: AlarmState) -> None:
-        if state in {AlarmState.PENDING, AlarmState.CLEARING}:
+        if state in _TIMED:
             self._timed.add(key)
         else:
             self._timed.discard(key)
@@ -148,7 +150,7 @@ class AlarmEngine:
             raise AlarmError(f"no alarm '{rule}/{device}' (known: {', '.join(known[:20]) or 'none'}"
                              f"{', …' if len(known) > 20 else ''})")
         raised = status.state in {AlarmState.ACTIVE, AlarmState.CLEARING, AlarmState.LATCHED} or (
-            status.state in {AlarmState.NO_DATA, AlarmState.INHIBITED} and status.held is AlarmState.ACTIVE)
+            status.state in _HOLDING and status.held is AlarmState.ACTIVE)
         if not raised:
             raise AlarmError(f"alarm '{status.id}' is {status.state.value}: nothing to acknowledge")
         new = replace(status, acked=True)
@@ -211,7 +213,7 @@ class AlarmEngine:
                  else cond if isinstance(cond, NoData) else not cond)
         if isinstance(cond, NoData) or isinstance(clear, NoData):
             return _hold(s, AlarmState.NO_DATA, now)
-        if s.state in {AlarmState.NO_DATA, AlarmState.INHIBITED}:
+        if s.state in _HOLDING:
             s = replace(s, state=s.held, since_us=now)
         state = s.state
         if state is AlarmState.OK and cond:
@@ -246,7 +248,7 @@ def _hold(s: AlarmStatus, state: AlarmState, now: int) -> AlarmStatus:
     """no_data or inhibited, remembering whether the alarm was raised; a latched alarm stays latched."""
     if s.state is AlarmState.LATCHED or s.state is state:
         return s
-    held = s.held if s.state in {AlarmState.NO_DATA, AlarmState.INHIBITED} else (
+    held = s.held if s.state in _HOLDING else (
         AlarmState.ACTIVE if s.state in {AlarmState.ACTIVE, AlarmState.CLEARING} else AlarmState.OK)
     return replace(s, state=state, held=held, since_us=now)
 

@@ -63,6 +63,10 @@ class Readings(Mapping[str, Reading]):
     def keys(self) -> frozenset[str]:  # type: ignore[override]
         return self._keys
 
+    def get(self, address: str, default: Reading | None = None) -> Reading | None:  # type: ignore[override]
+        r = self.registry.get(address) if address in self._keys else None
+        return default if r is None else r
+
     def __getitem__(self, address: str) -> Reading:
         r = self.registry.get(address)
         if r is None or address not in self._keys:
