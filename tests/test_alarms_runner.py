@@ -227,3 +227,23 @@ def test_a_profile_default_rule_is_applied_per_device() -> None:
          "clear_expression": "bms_3/Temperature < 50", "severity": "FAULT"}]
     with pytest.raises(AlarmRuleError, match=r"^profile 'acme-hv' \(device bms_3\): rule 'x-bms_3': missing key "):
         profile_rules([{"name": "x", "expression": "*/T > 1"}], "bms_3", "acme-hv")
+
+
+def test_replaced_rules_keep_the_state_of_the_rules_kept_by_name(
+        edge_and_peer: tuple[Edge, can.BusABC], tmp_path: Path) -> None:
+    edge, peer = edge_and_peer
+    cold = {"name": "cold", "expression": "*/Temperature < 0", "severity": "WARNING"}
+    runner = AlarmRunner(edge, parse_rules([{**HOT, "for": "0s"}]), tmp_path / "edge.db").start()
+    try:
+        send_temperature(peer, 45.0)
+        assert wait(lambda: state(edge) == "active")
+        runner.replace_rules(parse_rules([{**HOT, "for": "0s", "severity": "WARNING"}, cold]))
+        assert wait(lambda: edge.registry.get("alarms/cold/bms_0/State") is not None)
+        assert [(s.id, s.state.value, s.severity.name) for s in runner.engine.states()] == [
+            ("cold/bms_0", "ok", "WARNING"), ("hot/bms_0", "active", "WARNING")]
+        runner.replace_rules(parse_rules([cold]))
+        runner.cycle(time.time_ns() // 1000)
+        assert [s.id for s in runner.engine.states()] == ["cold/bms_0"]
+        assert [s.id for s in runner.store.load()] == []  # the dropped alarm is gone from the database too
+    finally:
+        runner.close()

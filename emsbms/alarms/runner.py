@@ -17,6 +17,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
@@ -124,6 +125,8 @@ class AlarmRunner:
         if dropped:
             log.warning("alarms: %d kept alarms dropped (their rule is gone or changed): %s", len(dropped),
                         ", ".join(dropped[:10]))
+            ids = set(dropped)
+            self.store.save(replace(s, state=AlarmState.OK) for s in kept if s.id in ids)  # deleted from the table
         return engine, RuleIndex(rules)
 
     def _post(self, address: str, reading: Reading) -> None:
