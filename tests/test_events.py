@@ -232,3 +232,12 @@ def test_log_warnings_become_events() -> None:
         ("bms", EventKind.LOG, Severity.WARNING, "node 5 refuses to give its PDO mapping"),
         ("test_events", EventKind.LOG, Severity.ALARM, "something broke"),
     ]
+
+
+def test_an_event_made_elsewhere_is_logged_once_in_order() -> None:
+    log = EventLog()
+    raised = Event(1_000_000, "bms_0", EventKind.ALARM, Severity.ALARM, "hot: bms_0/MaxCellVoltage 3.71 > 3.6: active")
+    log.post_event(raised)
+    assert log.events() == []  # nothing before the drain: posting only appends to the inbox
+    assert log.drain() == [raised]
+    assert log.events() == [raised] and log.total == 1

@@ -16,6 +16,7 @@ from rich.console import Console, RenderableType
 from rich.live import Live
 from rich.logging import RichHandler
 
+from emsbms.alarms.sources import start_alarms
 from emsbms.cli.common import Duration, handle_errors, state, stop_signals
 from emsbms.cli.run import core_events_to, start_core
 from emsbms.edge import Edge
@@ -244,23 +245,23 @@ def command(
 
 @contextmanager
 def uplink_of(edge: Edge, db: Path, events: EventLog | None = None) -> Iterator[EdgeCore | None]:
-    """The site's [uplink] and core, run by the monitor when no other edge holds `db`: the uplink's pane
-    shows uplink/*; for a site with [[controller]] tables it yields the core (not started: the caller starts
-    it once the edge runs, and stops it), whose events go to `events` and which takes the cloud's commands.
+    """The site's [uplink], core and alarm rules, run by the monitor when no other edge holds `db`: the
+    uplink's pane shows uplink/*, the alarm pane the rules' states; for a site with [[controller]] tables
+    it yields the core (not started: the caller starts it once the edge runs, and stops it). Their events
+    go to `events`; the core takes the cloud's commands.
 
-    An `emsbms run` on the same database owns both (one MQTT session per site, one writer per device):
-    the monitor then watches the buses only, and says so.
+    An `emsbms run` on the same database owns them all (one MQTT session per site, one writer per device,
+    one alarm state): the monitor then watches the buses only, and says so when the site configures any.
     """
-    if edge.site.uplink is None and not edge.site.controllers:
-        yield None
-        return
     try:
         lock = EdgeLock.acquire(db)
     except ConfigError as e:
-        log.warning("monitor: no uplink or core from here: %s", e)
+        configured = edge.site.uplink is not None or edge.site.controllers or edge.site.rules
+        log.log(logging.WARNING if configured else logging.DEBUG, "monitor: no uplink, core or alarms from here: %s", e)
         yield None
         return
     link = None
+    alarms = None
     try:
         core = start_core(edge, db)
         if core is not None and events is not None:
@@ -270,8 +271,11 @@ def uplink_of(edge: Edge, db: Path, events: EventLog | None = None) -> Iterator[
 
             link = EdgeUplink(edge, edge.site.uplink, db, writer=None if core is None else core.writer)
             link.start()
+        alarms = start_alarms(edge, db, link, on_event=None if events is None else events.post_event)
         yield core
     finally:
+        if alarms is not None:
+            alarms.close()
         if link is not None:
             link.close()
         lock.release()

@@ -109,7 +109,7 @@ class LogLine:
     message: str
 
 
-Inbox = deque[tuple[str, Reading] | tuple[CommandResult, int] | tuple[LogLine, None]]
+Inbox = deque[tuple[str, Reading] | tuple[CommandResult, int] | tuple[LogLine, None] | tuple["Event", None]]
 
 
 def _plain(value: Value) -> Value:
@@ -171,6 +171,10 @@ class EventLog:
         """The `Edge.on_command` callback: the result, stamped now, into the inbox."""
         self._inbox.append((result, time.time_ns() // 1000))
 
+    def post_event(self, event: Event) -> None:
+        """An event made elsewhere (the alarm runner's transitions) into the inbox."""
+        self._inbox.append((event, None))
+
     def post_log(self, record: logging.LogRecord) -> None:
         """The `EventLogHandler` callback: a log record into the inbox."""
         line = LogLine(int(record.created * 1e6), record.levelno, record.name, record.getMessage())
@@ -187,7 +191,9 @@ class EventLog:
             except IndexError:
                 break
             first, second = item
-            if isinstance(first, CommandResult):
+            if isinstance(first, Event):
+                new.append(self._add(first))
+            elif isinstance(first, CommandResult):
                 assert isinstance(second, int)
                 new.append(self.command(first, second))
             elif isinstance(first, LogLine):

@@ -20,6 +20,9 @@ UPLINK_PREFIX = "uplink"
 CORE_PREFIX = "core"
 """The core cycle's channels (``core/CycleTime``, ``core/OverrideList``...): the core pane, not a device."""
 
+ALARMS_PREFIX = "alarms"
+"""The alarm runner's ``alarms/<rule>/<device>/State`` channels: the alarm pane, not a device."""
+
 DEVICE_PANE_CHANNELS = ("CommState", "LastSeen")
 """Shown in the device pane, so left out of the channel table."""
 
@@ -163,6 +166,7 @@ def classify(scene: Scene, filters: Filters) -> View:
         prefixes.setdefault(prefix, []).append((name, reading))
     uplink = dict(prefixes.pop(UPLINK_PREFIX, []))
     prefixes.pop(CORE_PREFIX, None)  # the core pane's (emsbms/monitor/_core.py), not a device
+    prefixes.pop(ALARMS_PREFIX, None)  # the alarm pane's (emsbms/monitor/_alarms.py), not a device
     buses = sorted(p for p, rows in prefixes.items() if any(n == BUS_MARKER for n, _ in rows))
     bus_of = {name: meta.bus for name, meta in scene.devices.items()}
     devices = sorted((p for p in prefixes if p not in buses and filters.device(p)),
