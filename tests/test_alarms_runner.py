@@ -247,3 +247,32 @@ def test_replaced_rules_keep_the_state_of_the_rules_kept_by_name(
         assert [s.id for s in runner.store.load()] == []  # the dropped alarm is gone from the database too
     finally:
         runner.close()
+
+
+def test_a_profile_with_default_rules_gives_each_of_its_devices_an_alarm_that_a_cloud_change_keeps(
+        tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from emsbms import load_profile
+    from emsbms.alarms.sources import start_alarms
+
+    base = load_profile("pylon-lv")
+    hot = [{"name": "hot", "expression": "*/Temperature > 40", "severity": "FAULT"}]
+    profile = replace(base, model=base.model.model_copy(update={"rules": hot, "version": "9.0.0"}))
+    site = virtual_site(["can0"], [{"name": "bms_0", "bus": "can0", "profile": "pylon-lv"}])
+    peer = can.Bus(interface="virtual", channel=site.buses[0].channel)
+    edge = Edge(site).start()
+    assert edge.activate_profile(profile) == ["bms_0"]
+    runner = start_alarms(edge, tmp_path / "edge.db")
+    try:
+        rules = [(r.name, r.expression.source) for r in runner.engine.rules.values()]
+        assert rules == [("hot-bms_0", "bms_0/Temperature > 40")]
+        send_temperature(peer, 45.0)
+        assert wait(lambda: edge.registry.get("alarms/hot-bms_0/site/State") is not None
+                    and edge.registry.get("alarms/hot-bms_0/site/State").value == "active")  # type: ignore[union-attr]
+        runner.replace_rules(parse_rules([{"name": "cold", "expression": "*/Temperature < 0", "severity": "INFO"}]))
+        assert sorted(runner.engine.rules) == ["cold", "hot-bms_0"]  # the cloud's rules replace the site's, not these
+    finally:
+        runner.close()
+        edge.stop()
+        peer.shutdown()

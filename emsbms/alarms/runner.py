@@ -100,6 +100,7 @@ class AlarmRunner:
                  on_event: Callable[[Event], None] | None = None, every: float = 0.1,
                  clock: Callable[[], int] = _now_us) -> None:
         self.edge = edge
+        self.defaults: list[Rule] = []  # the profiles' default rules: kept when the cloud replaces the rules
         self.on_transition = on_transition or (lambda t: None)
         self.on_event = on_event or (lambda e: None)
         self.every = every
@@ -203,7 +204,7 @@ class AlarmRunner:
     def replace_rules(self, rules: Sequence[Rule]) -> None:
         """Swap the rules (a new desired configuration); instances of kept rules keep their state."""
         with self._lock:
-            self.engine, self.index = self._build(rules, self.engine.snapshot())
+            self.engine, self.index = self._build([*rules, *self.defaults], self.engine.snapshot())
             self._full, self._count = True, -1
         self._wake.set()
 

@@ -18,6 +18,7 @@ from emsbms.alarms.rules import Rule, parse_rule, parse_rules
 from emsbms.alarms.runner import AlarmRunner
 from emsbms.edge import Edge
 from emsbms.edge.events import Event
+from emsbms.profile.models import Profile
 from emsbms.site import Site
 
 
@@ -56,12 +57,29 @@ def profile_rules(raws: Sequence[Mapping[str, Any]], device: str, profile: str) 
     return out
 
 
-def configured_rules(site: Site, db_path: str | Path) -> list[Rule]:
-    """The rules an edge runs: the cloud's applied ones if any, else the site file's."""
+def configured_rules(site: Site, db_path: str | Path, profiles: Mapping[str, Profile] | None = None) -> list[Rule]:
+    """The rules an edge runs: the cloud's applied ones if any, else the site file's; then the default
+    rules of each device's profile (`profiles` by device name), applied to that device."""
     stored = stored_rules(db_path)
-    if stored is not None:
-        return parse_rules(stored)
-    return site_rules(site)
+    rules = parse_rules(stored) if stored is not None else site_rules(site)
+    return [*rules, *default_rules(site, profiles or {}, {r.name for r in rules})]
+
+
+def default_rules(site: Site, profiles: Mapping[str, Profile], taken: set[str]) -> list[Rule]:
+    """The profiles' default rules, one set per device (`profile_rules`); a name clash is refused."""
+    out: list[Rule] = []
+    for d in site.devices:
+        p = profiles.get(d.name)
+        if p is None or not p.model.rules:
+            continue
+        for i, raw in enumerate(profile_rules(p.model.rules, d.name, p.name)):
+            rule = parse_rule(raw, i)
+            if rule.name in taken:
+                raise AlarmRuleError(f"profile {p.name!r} (device {d.name}): rule {rule.name!r} expected a name"
+                                     " no other rule of the site has, found it taken")
+            taken.add(rule.name)
+            out.append(rule)
+    return out
 
 
 class Sink(Protocol):
@@ -75,9 +93,11 @@ class Sink(Protocol):
 def start_alarms(edge: Edge, db_path: str | Path, link: Sink | None = None,
                  on_event: Callable[[Event], None] | None = None) -> AlarmRunner:
     """The runner of `emsbms run`, started: transitions and events to the uplink when there is one."""
-    runner = AlarmRunner(edge, configured_rules(edge.site, db_path), db_path,
+    rules = configured_rules(edge.site, db_path, edge.profiles)
+    runner = AlarmRunner(edge, rules, db_path,
                          on_transition=link.post_transition if link is not None else None,
                          on_event=link.post_event if link is not None else on_event)
+    runner.defaults = default_rules(edge.site, edge.profiles, set())  # kept when the cloud replaces the rules
     if link is not None:
         link.attach_alarms(runner)
     return runner.start()

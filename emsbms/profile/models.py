@@ -305,6 +305,9 @@ class ProfileModel(_Strict):
     commands: dict[str, CommandMap] = Field(default_factory=dict)
     allow_shared_ids: bool = Field(False, description="devices with this profile may share IDs on one bus")
     options: dict[str, object] = Field(default_factory=dict, description="protocol-specific settings")
+    rules: list[dict[str, object]] | None = Field(
+        None, description="default alarm rules for each device with this profile, in the [[rule]] schema of"
+        " docs/alarms.md; `*/` in an expression is the device itself, and the rule is named `<name>-<device>`")
 
 
 @dataclass(frozen=True)
