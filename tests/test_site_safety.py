@@ -94,7 +94,8 @@ UDP_KEYS = "name, interface, channel, bitrate, port, hop_limit, receive_own_mess
      f"[[bus]] #1 'can0': unknown key 'bitrte'; did you mean 'bitrate'? (expected one of: {VIRTUAL_KEYS})"),
     ('port = 43170', 'prot = 43170',
      f"[[bus]] #2 'can1': unknown key 'prot'; did you mean 'port'? (expected one of: {UDP_KEYS})"),
-    ('org = "acme"', 'orgg = "acme"', "[site]: unknown key 'orgg'; did you mean 'org'? (expected one of: org, name)"),
+    ('org = "acme"', 'orgg = "acme"',
+     "[site]: unknown key 'orgg'; did you mean 'org'? (expected one of: org, name, workers, cycle_period)"),
     ('profile = "acme-hv"', 'profle = "acme-hv"',
      "[[device]] #1 'hv_0': unknown key 'profle'; did you mean 'profile'? (expected one of: name, bus, profile,"
      " id_offset, node_id, source_address, j1939_name, nmt_master, options)"),
@@ -102,7 +103,7 @@ UDP_KEYS = "name, interface, channel, bitrate, port, hop_limit, receive_own_mess
      "[j1939]: unknown key 'edge_adress'; did you mean 'edge_address'? (expected one of: edge_name, edge_address,"
      " request_interval_s)"),
     ('[site]', '[sites]', "unknown table 'sites'; did you mean 'site'? (expected one of: site, bus, device, j1939,"
-     " canopen, uplink)"),
+     " canopen, uplink, controller, rule)"),
 ])
 def test_an_unknown_key_is_refused_with_the_closest_known_one(tmp_path: Path, old: str, new: str,
                                                                message: str) -> None:
