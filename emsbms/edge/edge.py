@@ -136,7 +136,7 @@ class Edge:
                 raise
         self._stop_workers.clear()
         for a in self.adapters.values():
-            if a.has_background:
+            if a.has_background and a.device.bus in self.dispatchers:  # a grouped bus's adapters run in its worker
                 self._start_worker(a)
         self._running = True
         return self
@@ -204,6 +204,8 @@ class Edge:
         self.registry.info(address)  # raises UnknownAddressError
         device, name = address.split("/", 1)
         adapter = self.adapters[device]
+        if adapter.device.bus not in self.dispatchers:
+            raise UnsupportedError(f"{address}: cannot read on demand: its bus runs in a worker process (a bus group)")
         try:
             sample = adapter.fresh(name, timeout)
         except NotImplementedError as e:
