@@ -159,6 +159,11 @@ class Ledger:
         self.retention_us = retention_us
         self._lock = threading.Lock()
         self._conn = sqlite3.connect(str(path), timeout=30.0, isolation_level=None, check_same_thread=False)
+        # WAL, as the run log keeps the edge database: a commit is one append, not a journal and two fsyncs.
+        # NORMAL: a commit survives the process's death (SIGKILL included); a power cut may lose the last
+        # ones, and a command redelivered after the reboot is refused by its deadline, long past by then.
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.execute(_SCHEMA)
 
     def close(self) -> None:
