@@ -62,19 +62,20 @@ def test_group_and_workers_keys_are_validated() -> None:
         parse_site(virtual)
 
 
-def test_the_default_keeps_one_process_where_one_serves() -> None:
+def test_the_default_keeps_one_process_unless_groups_are_named_or_asked_for() -> None:
     udp = [BusConfig(f"can{i}", "udp_multicast", GROUP, 1_000_000, {"port": 47100 + i}) for i in range(4)]
-    assert plan_groups(udp[:2], {}, "auto", 8) == {}  # 2 Mbit/s: one process serves
-    assert plan_groups(udp, {}, "auto", 1) == {}  # one core: nothing to gain
-    assert plan_groups(udp, {}, "auto", 2) == {"g1": ["can0", "can2"], "g2": ["can1", "can3"]}
-    assert plan_groups(udp, {}, "auto", 8) == {"g1": ["can0", "can2"], "g2": ["can1", "can3"]}  # 2 fit in one
     eight = [BusConfig(f"can{i}", "udp_multicast", GROUP, 1_000_000, {"port": 47100 + i}) for i in range(8)]
-    assert [len(b) for b in plan_groups(eight, {}, "auto", 8).values()] == [2, 2, 2, 2]
-    assert [len(b) for b in plan_groups(eight, {}, "auto", 2).values()] == [4, 4]  # as many as there are cores
+    assert plan_groups(eight, {}, "auto", 8) == {}  # no group named: one process, however many buses
+    assert plan_groups(udp[:2], {}, "on", 8) == {"g1": ["can0", "can1"]}  # 2 Mbit/s: one worker serves
+    assert plan_groups(udp, {}, "on", 1) == {"g1": ["can0", "can1", "can2", "can3"]}  # one core: one worker
+    assert plan_groups(udp, {}, "on", 2) == {"g1": ["can0", "can2"], "g2": ["can1", "can3"]}
+    assert plan_groups(udp, {}, "on", 8) == {"g1": ["can0", "can2"], "g2": ["can1", "can3"]}  # 2 fit in one
+    assert [len(b) for b in plan_groups(eight, {}, "on", 8).values()] == [2, 2, 2, 2]
+    assert [len(b) for b in plan_groups(eight, {}, "on", 2).values()] == [4, 4]  # as many as there are cores
     assert plan_groups(udp, {}, "off", 8) == {}
     assert plan_groups(udp, {}, 3, 1) == {"g1": ["can0", "can3"], "g2": ["can1"], "g3": ["can2"]}
     virtual = [BusConfig(f"v{i}", "virtual", f"v{i}", 1_000_000) for i in range(4)]
-    assert plan_groups(virtual, {}, "auto", 8) == {}  # in-process buses never leave the main process
+    assert plan_groups(virtual, {}, "on", 8) == {}  # in-process buses never leave the main process
     assert plan_groups(udp, {"can1": "a"}, "auto", 2) == {"a": ["can1"]}
     assert plan_groups(udp, {"can1": "a"}, "auto", 1) == {}
 

@@ -4,12 +4,15 @@
 
 - ``"off"``: every bus in the main process, `group` keys ignored.
 - ``"auto"``: the buses that name a `group` run in one worker process per group when the machine
-  has more than one core. Without any `group`, the buses are grouped only when one process cannot
-  serve them: more than `PROCESS_BITS` of bus bitrate in all (two buses at 1 Mbit/s or four at
-  500 kbit/s, at 100 % load: see docs/performance.md) and more than one core; then
-  min(cores, ⌈bitrate / PROCESS_BITS⌉) groups ``g1``, ``g2``, … share the buses, heaviest first.
-- ``"on"``: the groups named run in worker processes whatever the cores; without any `group`,
-  each bus runs in a worker of its own (``g1``, ``g2``, … in site order).
+  has more than one core; one process on one core. Without any `group`: one process. A bus's
+  bitrate says what it could carry, not what it carries (most sites' BMS buses carry a few
+  hundred frames/s), and a grouped edge gives up hot profile activation and `apply_site`, so
+  buses are never grouped unasked.
+- ``"on"``: the groups named run in worker processes whatever the cores. Without any `group`,
+  the buses are grouped by what one process serves: `PROCESS_BITS` of bus bitrate at full load
+  (two buses at 1 Mbit/s, four at 500 kbit/s: see docs/performance.md), so
+  min(cores, ⌈bitrate / PROCESS_BITS⌉, buses) workers ``g1``, ``g2``, … (at least one) share
+  the buses, heaviest first.
 - N (≥ 1): the buses are spread over N worker processes the same way (at most one per bus),
   whatever the cores; not allowed together with `group` keys (those name the groups already).
 
@@ -82,7 +85,7 @@ def parse_workers(where: str, value: object, groups: dict[str, str], names: set[
 def plan_groups(buses: list[BusConfig], groups: dict[str, str], workers: Workers,
                 cores: int) -> dict[str, list[str]]:
     """Group name -> its bus names, in site order; empty: everything in one process."""
-    if workers == "off" or not buses:
+    if workers == "off" or not buses or (workers == "auto" and not groups):
         return {}
     if groups:
         if workers == "auto" and cores < 2:
@@ -96,12 +99,10 @@ def plan_groups(buses: list[BusConfig], groups: dict[str, str], workers: Workers
     if not buses:
         return {}
     total = sum(b.bitrate for b in buses)
+    if workers == "auto":
+        return {}
     if workers == "on":
-        count = len(buses)
-    elif workers == "auto":
-        if cores < 2 or total <= PROCESS_BITS:
-            return {}
-        count = min(cores, math.ceil(total / PROCESS_BITS), len(buses))
+        count = max(1, min(cores, math.ceil(total / PROCESS_BITS), len(buses)))
     else:
         count = min(int(workers), len(buses))
     loads = [0] * count
