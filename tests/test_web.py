@@ -2,8 +2,9 @@
 (tests/cloud_stack.py: Mosquitto, PostgreSQL, `emsbms cloud serve`, `emsbms simulate`, `emsbms run`).
 
 The tests run in file order and build on each other (the config test adds pylon_lv, whose odd channel the
-escaping test looks for). Each page's screenshot is saved under docs/web/. Without chromium the module
-skips, unless EMSBMS_REQUIRE_CHROMIUM=1 (CI), where it fails; likewise Mosquitto and PostgreSQL.
+escaping test looks for). Each page's screenshot is saved under docs/web/ with EMSBMS_SCREENSHOTS=1.
+Without chromium the module skips, unless EMSBMS_REQUIRE_CHROMIUM=1 (CI), where it fails; likewise
+Mosquitto and PostgreSQL.
 """
 
 from __future__ import annotations
@@ -105,8 +106,12 @@ def sign_in(page: Any, stack: Stack, org: str = "acme", token: str | None = None
 
 
 def shot(page: Any, name: str) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+    """The page's screenshot; into docs/web/ only with EMSBMS_SCREENSHOTS=1 (a test run leaves the tree alone)."""
+    png = page.screenshot(full_page=True)
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"  # a real PNG came back from the browser
+    if os.environ.get("EMSBMS_SCREENSHOTS") == "1":
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        (SHOTS / f"{name}.png").write_bytes(png)
 
 
 def test_sign_in_refuses_a_wrong_token_and_shows_the_fleet(strict_page: Any, stack: Stack) -> None:
