@@ -129,3 +129,32 @@ def test_supervision_stale_then_lost_then_recovered(adapter: DbcAdapter) -> None
 def test_pylon_has_no_commands(adapter: DbcAdapter) -> None:
     with pytest.raises(CommandRejected, match="bms_0 has no command 'SetChargeCurrent'"):
         adapter.plan_command("SetChargeCurrent", 10, T0)
+
+
+def test_a_cyclic_setpoint_carries_the_value_being_commanded_until_its_result() -> None:
+    """acme-hv repeats EMS_Setpoints every 100 ms while a setpoint is active. A new value's echo must not
+    be overwritten by the old value's repetition before the BMS reports it: the repetition carries the
+    value in flight, and the old one again only if the new one failed."""
+    from emsbms.types import CommandResult, CommandStatus
+
+    profile = load_profile("acme-hv")
+    a = DbcAdapter(DeviceConfig("hv_0", "can0", "acme-hv"), profile)
+    a.start(T0)
+    a.on_frame(frame(0x4A0, bytes(8)), T0)  # heard: the device is not LOST
+
+    def repeated(now_us: int) -> float:
+        [f] = [f for f in a.tick(now_us).frames if f.arbitration_id == 0x4B0]
+        return float(profile.db.decode_message(0x4B0, f.data)["ChargeCurrentRequest"])
+
+    first = a.plan_command("SetChargeCurrent", 42.5, T0)
+    a.command_done(first, CommandResult("hv_0/SetChargeCurrent", 42.5, CommandStatus.ACKED), T0)
+    assert repeated(T0 + 100_000) == 42.5
+    second = a.plan_command("SetChargeCurrent", 12.5, T0 + 150_000)
+    assert repeated(T0 + 200_000) == 12.5  # was 42.5: the BMS echoed 42.5 again and 12.5 timed out
+    a.on_frame(frame(0x4A0, bytes(8), T0 + 900_000), T0 + 900_000)  # still heard: not LOST (1 s timeout)
+    a.on_frame(frame(0x4A0, bytes(8), T0 + 1_800_000), T0 + 1_800_000)
+    a.command_done(second, CommandResult("hv_0/SetChargeCurrent", 12.5, CommandStatus.TIMEOUT), T0 + 2_150_000)
+    assert repeated(T0 + 2_200_000) == 42.5  # not acknowledged: the last acknowledged value again
+    third = a.plan_command("SetChargeCurrent", 20.0, T0 + 2_250_000)
+    a.command_done(third, CommandResult("hv_0/SetChargeCurrent", 20.0, CommandStatus.ACKED), T0 + 2_260_000)
+    assert repeated(T0 + 2_400_000) == 20.0

@@ -292,6 +292,7 @@ class DbcAdapter(Adapter):
                 + [self.prefix + "Alarm/" + a[1] for a in route.alarm_inputs],
             )
         self._active = CyclicSetpoints()
+        self._in_flight: dict[str, float] = {}  # command -> value sent, its result not in yet
         self._transmit_next: list[int] = [0] * len(m.transmit)
 
     def _make_route(self, msg: Any) -> _Route:
@@ -507,7 +508,9 @@ class DbcAdapter(Adapter):
             if cmd.message != message_name or cmd.signal is None:
                 continue
             active = self._active.get(name)
-            if active is not None:
+            if name in self._in_flight:  # a repetition must not put the old value back before the result
+                values[cmd.signal] = self._in_flight[name]
+            elif active is not None:
                 values[cmd.signal] = active.value
             elif cmd.idle is not None:
                 values[cmd.signal] = cmd.idle
@@ -556,6 +559,8 @@ class DbcAdapter(Adapter):
         ack = None
         if cmd.ack.type == "echo":
             ack = self._echo_check(cmd.ack.message or "", cmd.ack.signal or "", value, cmd.ack.tolerance)
+        if cmd.ttl_s is not None and cmd.period_ms is not None:
+            self._in_flight[name] = value
         return CommandPlan(command=name, value=value, frames=[frame], ack=ack)
 
     def _echo_check(self, message: str, signal: str, value: float, tolerance: float | None) -> Any:
@@ -580,6 +585,8 @@ class DbcAdapter(Adapter):
 
     def command_done(self, plan: CommandPlan, result: CommandResult, now_us: int) -> Output:
         cmd = self.profile.model.commands[plan.command]
+        if self._in_flight.get(plan.command) == plan.value:
+            del self._in_flight[plan.command]
         if result.status not in (CommandStatus.ACKED, CommandStatus.SENT):
             return EMPTY
         if cmd.ttl_s is not None and cmd.period_ms is not None:
