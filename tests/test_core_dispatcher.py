@@ -165,6 +165,7 @@ def test_setpoints_reach_the_bus_once_per_change_and_a_manual_override_wins_unti
         result = dispatcher.manual_write(A, 50.0, expires_s=5)  # at 1005 s: until 1010 s
         assert (result.status, result.value) == (CommandStatus.SENT, 50.0)
         assert dispatcher.overrides() == [Override(A, 50.0, 1010 * S, "manual")]
+        assert f"override of {A} = 50 for 5 s, until 00:16:50Z (manual)" in events  # 1010 s after the epoch
         for _ in range(5):  # 1005 .. 1009 s: the override holds
             runner.run_once()
             clock.us += S

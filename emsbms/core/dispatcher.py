@@ -152,7 +152,8 @@ class CommandDispatcher:
         if job.result.status in ACCEPTED:
             with self._lock:
                 o = self.arbiter.set_override(address, number, now, expiry, source_text)
-            self._event(f"override of {address} = {number:g} until {o.expires_us} µs ({source_text})")
+            self._event(f"override of {address} = {number:g} for {expiry:g} s, until"
+                        f" {_utc(o.expires_us)} ({source_text})")
         return job.result
 
     def overrides(self) -> list[Override]:
@@ -280,3 +281,8 @@ def counts(dispatcher: CommandDispatcher) -> dict[str, int]:
     """The dispatcher's counters as channel name -> count (for a status page or a test)."""
     return {**{f"core/Writes/{s.value}": n for s, n in dispatcher.writes.items()},
             **{f"core/Rejected/{s.value}": n for s, n in dispatcher.rejected.items()}}
+
+
+def _utc(timestamp_us: int) -> str:
+    """A µs timestamp as a UTC time of day a reader can compare with a clock: 16:31:48Z."""
+    return time.strftime("%H:%M:%SZ", time.gmtime(timestamp_us / 1e6))
