@@ -49,6 +49,17 @@ def test_subscriptions_match_globs_and_can_be_cancelled(reg: Registry) -> None:
     assert seen == [("bms_0/Soc", 1), ("bms_1/Soc", 3)]
 
 
+def test_an_address_nobody_subscribed_to_is_told_once_someone_does(reg: Registry) -> None:
+    seen: list[tuple[str, object]] = []
+    reg.subscribe("*/Soc", lambda a, r: seen.append((a, r.value)))
+    reg.apply([Sample("bms_0/Voltage", 1, 1), Sample("bms_0/Soc", 2, 1)])  # Voltage routed to nobody
+    reg.apply([Sample("bms_0/Voltage", 3, 2)])  # skipped by the routed-to-nobody shortcut
+    reg.subscribe("*/Voltage", lambda a, r: seen.append((a, r.value)))
+    reg.apply([Sample("bms_0/Voltage", 4, 3)])
+    assert seen == [("bms_0/Soc", 2), ("bms_0/Voltage", 4)]
+    assert reg.get("bms_0/Voltage") == Reading(4, "V", 3, Quality.OK)
+
+
 def test_a_raising_subscriber_does_not_break_updates(reg: Registry) -> None:
     def boom(address: str, reading: Reading) -> None:
         raise RuntimeError("subscriber bug")

@@ -114,11 +114,14 @@ class Registry:
             readings = self._readings
             if self._subs:
                 add = changed.append
+                route = self._route
+                any_change = False
                 for address, value, ts, quality in samples:
                     r = new(Reading, (value, units.get(address, ""), ts, quality))
                     readings[address] = r
-                    add((address, r))
-                any_change = bool(changed)
+                    any_change = True
+                    if route.get(address, True):  # () = routed, nobody subscribes: nothing to tell
+                        add((address, r))
             else:  # nobody to tell: no list of changes to build
                 any_change = False
                 for address, value, ts, quality in samples:
